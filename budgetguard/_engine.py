@@ -1,0 +1,452 @@
+"""The guard's core, shared by every way of applying it (wrap, pipe, enforce).
+
+``begin`` estimates a call's worst case and reserves it on every counter that
+applies, all or nothing, or raises. ``end`` prices what the call really used
+and settles the lease exactly once. ``fail`` releases or charges, by the rules
+in the README ("Errors and abandoned streams").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import LLMResult
+
+from .errors import BudgetExceeded, _usd
+from .estimate import estimate_input_tokens, estimate_text_tokens, max_output_tokens
+from .limits import DEFAULT_SCOPE, Limit, ScopeTemplate, as_datetime, window_end
+from .pricing import Price, Rates, resolve_rates
+from .reservation import Amount, Caps, CounterRef, CounterSpec, CounterState, Violation
+from .status import BudgetStatus, LimitStatus, row, to_usd
+from .stores.base import ReserveRequest, SettleRequest, Store
+from .usage import TokenUsage, served_model, usage_from_message, usage_from_result
+
+logger = logging.getLogger("budgetguard")
+
+__all__ = ["CallRecord", "Engine", "DegradeRequired"]
+
+
+class DegradeRequired(BudgetExceeded):
+    """The primary model would pass ``degrade_at``: a fallback should serve."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """What one guarded call cost, as recorded in the store."""
+
+    model: str
+    provider: str | None
+    usage: TokenUsage
+    cost_usd: Decimal
+    reserved_usd: Decimal
+    scopes: tuple[str, ...]
+    outcome: str  # "settled", "estimated", "released", "cache_hit", "replay", "late", "unreserved"
+
+    @property
+    def estimated(self) -> bool:
+        return self.usage.estimated
+
+
+@dataclass(slots=True)
+class _Pending:
+    lease_id: str
+    refs: tuple[CounterRef, ...]
+    amount: Amount
+    rates: Rates
+    provider: str | None
+    input_est: int
+    output_cap: int
+    chunks: int = 0
+    out_seen: int = 0
+    partial: TokenUsage | None = None
+    probe: bool = False  # pipe form: the reservation was a 1-unit probe, not an estimate
+
+
+@dataclass(slots=True)
+class _Plan:
+    specs: tuple[CounterSpec, ...]
+    groups: tuple[tuple[Limit, ...], ...]  # the limits behind each counter
+
+
+@dataclass(slots=True)
+class ModelHint:
+    """What the guard knows of the model it wraps, for calls that do not say."""
+
+    model: str | None = None
+    provider: str | None = None
+    profile_max: int | None = None
+    soft_ppm: int | None = None  # degrade threshold, only on a primary with fallbacks
+
+
+class Engine:
+    """Limits + store + prices: everything a check or a settle needs."""
+
+    def __init__(
+        self,
+        limits: Sequence[Limit],
+        store: Store,
+        *,
+        prices: Mapping[str, Price] | None,
+        default_price: Price | None,
+        lease_ttl: float,
+        default_max_output_tokens: int,
+        on_record: Callable[[CallRecord], None] | None,
+    ) -> None:
+        self.limits = tuple(limits)
+        self.store = store
+        self.prices = dict(prices or {})
+        self.default_price = default_price
+        self.lease_ttl = lease_ttl
+        self.default_max_output_tokens = default_max_output_tokens
+        self.on_record = on_record
+        self._tag = os.urandom(4).hex()
+        self._pending: dict[UUID, _Pending] = {}
+        self._lock = threading.Lock()
+        self._templates = [(ScopeTemplate.parse(lim.scope or DEFAULT_SCOPE), lim) for lim in self.limits]
+        self._static: dict[int | None, _Plan] = {}
+        self._all_static = all(not t.fields for t, _ in self._templates)
+
+    # ------------------------------------------------------------ counters
+
+    def plan(self, metadata: Mapping[str, Any], soft_ppm: int | None = None) -> _Plan:
+        """The counters a call with this metadata must fit, merged by (scope, period)."""
+        if self._all_static:
+            cached = self._static.get(soft_ppm)
+            if cached is not None:
+                return cached
+        order: dict[CounterRef, int] = {}
+        caps: list[Caps] = []
+        groups: list[list[Limit]] = []
+        for tpl, lim in self._templates:
+            ref = CounterRef(tpl.render(metadata), lim.per)
+            c = Caps(lim.usd_nanos, lim.tokens, lim.requests)
+            i = order.get(ref)
+            if i is None:
+                order[ref] = len(caps)
+                caps.append(c)
+                groups.append([lim])
+            else:
+                caps[i] = caps[i].tightest(c)
+                groups[i].append(lim)
+        specs = tuple(
+            CounterSpec(ref, c, None if soft_ppm is None else c.scaled(soft_ppm))
+            for ref, c in zip(order, caps, strict=True)
+        )
+        plan = _Plan(specs, tuple(tuple(g) for g in groups))
+        if self._all_static:
+            self._static[soft_ppm] = plan
+        return plan
+
+    # ------------------------------------------------------------ before a call
+
+    def begin(
+        self,
+        run_id: UUID,
+        messages: Sequence[BaseMessage] | None,
+        prompts: Sequence[str] | None,
+        invocation_params: Mapping[str, Any] | None,
+        metadata: Mapping[str, Any],
+        hint: ModelHint,
+    ) -> None:
+        if run_id in self._pending:
+            return  # the same guard attached twice (model and chain): reserve once
+        params = invocation_params or {}
+        model = _first_str(
+            params.get("model"),
+            params.get("model_name"),
+            params.get("model_id"),
+            metadata.get("ls_model_name"),
+            hint.model,
+        )
+        provider = _first_str(metadata.get("ls_provider"), hint.provider)
+        plan = self.plan(metadata, hint.soft_ppm)
+        rates = resolve_rates(model or "", provider, self.prices, self.default_price)
+        if messages is not None:
+            inp = estimate_input_tokens(messages, params.get("tools") or params.get("functions"))
+        else:
+            inp = 8 + sum(estimate_text_tokens(p) for p in prompts or ())
+        out = max_output_tokens(params, metadata, hint.profile_max, self.default_max_output_tokens)
+        amount = Amount(rates.worst_nanos(inp, out), inp + out, 1)
+        lease_id = f"{self._tag}-{run_id.hex}"
+        result = self.store.reserve(ReserveRequest(lease_id, plan.specs, amount, self.lease_ttl))
+        if not result.admitted:
+            raise self.refusal(plan, result.states, result.violation, amount, rates.model)
+        with self._lock:
+            self._pending[run_id] = _Pending(
+                lease_id, tuple(s.ref for s in plan.specs), amount, rates, provider, inp, out
+            )
+
+    def refusal(
+        self,
+        plan: _Plan,
+        states: Sequence[CounterState],
+        violation: Violation | None,
+        amount: Amount,
+        model: str | None,
+    ) -> BudgetExceeded:
+        assert violation is not None
+        spec = plan.specs[violation.index]
+        st = states[violation.index]
+        q = violation.quantity
+        quantity = "usd" if q == "nanos" else q
+        cap_source = spec.soft if violation.soft and spec.soft else spec.caps
+        cap = cap_source.get(q)
+        assert cap is not None
+        # the limit behind the tightest cap of this counter
+        limit = next(
+            lim
+            for lim in plan.groups[violation.index]
+            if (lim.usd_nanos if q == "nanos" else getattr(lim, q)) == spec.caps.get(q)
+        )
+        conv: Callable[[int], Decimal | int] = to_usd if q == "nanos" else int
+        spent, reserved = st.spent.get(q), st.reserved.get(q)
+        cls = DegradeRequired if violation.soft else BudgetExceeded
+        note = None
+        if violation.soft:
+            shown = f"${_usd(conv(cap))}" if q == "nanos" else f"{cap:,} {quantity}"
+            note = f"it would pass degrade_at ({shown}); a fallback serves if one fits"
+        return cls(
+            scope=spec.ref.scope,
+            limit=limit,
+            quantity=quantity,
+            window=spec.ref.per,
+            spent=conv(spent),
+            reserved=conv(reserved),
+            requested=conv(amount.get(q)),
+            remaining=conv(max((spec.caps.get(q) or 0) - spent - reserved, 0)),
+            resets_at=as_datetime(window_end(spec.ref.per, st.window_start)),
+            model=model,
+            note=note,
+        )
+
+    # ------------------------------------------------------------ during a stream
+
+    def observe(self, run_id: UUID, chunk_message: BaseMessage | None, text: str) -> None:
+        p = self._pending.get(run_id)
+        if p is None:
+            return
+        p.chunks += 1
+        if text:
+            p.out_seen += estimate_text_tokens(text)
+        if chunk_message is not None and getattr(chunk_message, "usage_metadata", None):
+            u = usage_from_message(chunk_message)
+            if u is not None:
+                p.partial = u if p.partial is None else p.partial + u
+
+    # ------------------------------------------------------------ after a call
+
+    def end(self, run_id: UUID, response: LLMResult) -> CallRecord | None:
+        with self._lock:
+            p = self._pending.pop(run_id, None)
+        if p is None:
+            return None
+        usage, served = usage_from_result(response)
+        if usage is None:
+            usage = p.partial
+        if usage is None:
+            out = sum(estimate_text_tokens(g.text) for gens in response.generations for g in gens)
+            usage = TokenUsage(
+                input_tokens=p.input_est, output_tokens=max(out, p.out_seen, 1), estimated=True
+            )
+        elif usage.input_tokens == 0 and p.input_est > 8 and not usage.cache_hit:
+            # zero input for a non-empty prompt: some proxies drop it; charge our estimate
+            usage = TokenUsage(
+                input_tokens=p.input_est,
+                output_tokens=usage.output_tokens,
+                reasoning=usage.reasoning,
+                output_audio=usage.output_audio,
+                estimated=True,
+            )
+        return self._settle(p, usage, served)
+
+    def fail(self, run_id: UUID, error: BaseException) -> CallRecord | None:
+        with self._lock:
+            p = self._pending.pop(run_id, None)
+        if p is None:
+            return None
+        if p.chunks == 0 and not isinstance(error, GeneratorExit):
+            self.store.release(p.lease_id)
+            return self._emit(p, TokenUsage(), 0, "released", p.rates.model)
+        # Output began (or the consumer walked away): charge what was seen, and
+        # the worst case for what was not, since the provider may have billed it.
+        seen = p.partial or TokenUsage()
+        usage = TokenUsage(
+            input_tokens=max(seen.input_tokens, p.input_est if seen.input_tokens == 0 else 0),
+            output_tokens=max(seen.output_tokens, p.out_seen, p.output_cap),
+            cache_read=seen.cache_read,
+            cache_write=seen.cache_write,
+            estimated=True,
+        )
+        return self._settle(p, usage, None)
+
+    def _settle(self, p: _Pending, usage: TokenUsage, served: str | None) -> CallRecord | None:
+        rates = p.rates
+        if served and served != rates.model:
+            try:
+                rates = resolve_rates(served, p.provider, self.prices, self.default_price)
+            except LookupError:
+                logger.warning(
+                    "budgetguard: served model %r has no price; charged at %r's rates",
+                    served,
+                    rates.model,
+                )
+        if usage.cache_hit:
+            actual = Amount()
+        else:
+            actual = Amount(rates.nanos(usage), usage.total_tokens, 1)
+        outcome = self.store.settle(
+            SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=not p.probe)
+        )
+        if not p.probe and actual.exceeds(p.amount):
+            logger.warning(
+                "budgetguard: %s call used more than reserved "
+                "(%s > %s nano-USD, %s > %s tokens); recorded in full",
+                rates.model,
+                actual.nanos,
+                p.amount.nanos,
+                actual.tokens,
+                p.amount.tokens,
+            )
+        label = "cache_hit" if usage.cache_hit else "estimated" if usage.estimated else outcome
+        if outcome in ("replay", "late"):
+            label = outcome
+        return self._emit(p, usage, actual.nanos, label, rates.model)
+
+    def _emit(
+        self, p: _Pending, usage: TokenUsage, nanos: int, outcome: str, model: str
+    ) -> CallRecord | None:
+        debug = logger.isEnabledFor(logging.DEBUG)
+        if self.on_record is None and not debug:
+            return None
+        rec = CallRecord(
+            model=model,
+            provider=p.provider,
+            usage=usage,
+            cost_usd=to_usd(nanos),
+            reserved_usd=to_usd(p.amount.nanos),
+            scopes=tuple(r.scope for r in p.refs),
+            outcome=outcome,
+        )
+        if debug:
+            logger.debug("budgetguard: %s", rec)
+        if self.on_record is not None:
+            self.on_record(rec)
+        return rec
+
+    # ------------------------------------------------------------ pipe form
+
+    def record(
+        self, message: BaseMessage, metadata: Mapping[str, Any], model_hint: str | None
+    ) -> BudgetExceeded | None:
+        """Record usage that already happened (pipe form, invoke mode).
+
+        Returns a refusal if the budget was already exhausted *before* this
+        call, so that later steps can be stopped; the usage is recorded anyway.
+        """
+        plan = self.plan(metadata)
+        usage, served = _message_usage(message)
+        model = served or model_hint or ""
+        rates = resolve_rates(model, None, self.prices, self.default_price)
+        actual = Amount(0, 0, 0) if usage.cache_hit else Amount(rates.nanos(usage), usage.total_tokens, 1)
+        lease_id = f"{self._tag}-{os.urandom(12).hex()}"
+        probe = Amount(1, 1, 1)
+        result = self.store.reserve(ReserveRequest(lease_id, plan.specs, probe, self.lease_ttl, force=True))
+        refs = tuple(s.ref for s in plan.specs)
+        self.store.settle(SettleRequest(lease_id, refs, actual, usage.estimated, count_overshoot=False))
+        p = _Pending(lease_id, refs, probe, rates, None, 0, 0, probe=True)
+        self._emit(p, usage, actual.nanos, "estimated" if usage.estimated else "settled", rates.model)
+        if result.violation is not None and not result.violation.soft:
+            return self.refusal(plan, _before(result.states, probe), result.violation, probe, rates.model)
+        return None
+
+    def probe(self, metadata: Mapping[str, Any]) -> tuple[str, _Plan]:
+        """Pipe form, stream mode: refuse before the model is pulled if no room is left."""
+        plan = self.plan(metadata)
+        lease_id = f"{self._tag}-{os.urandom(12).hex()}"
+        probe = Amount(1, 1, 1)
+        result = self.store.reserve(ReserveRequest(lease_id, plan.specs, probe, self.lease_ttl))
+        if not result.admitted:
+            raise self.refusal(plan, result.states, result.violation, probe, None)
+        return lease_id, plan
+
+    def settle_stream(
+        self, lease_id: str, plan: _Plan, message: BaseMessage | None, model_hint: str | None
+    ) -> CallRecord | None:
+        if message is None:
+            usage, served = TokenUsage(estimated=True), None
+        else:
+            usage, served = _message_usage(message)
+        rates = resolve_rates(served or model_hint or "", None, self.prices, self.default_price)
+        p = _Pending(
+            lease_id, tuple(s.ref for s in plan.specs), Amount(1, 1, 1), rates, None, 0, 0, probe=True
+        )
+        return self._settle(p, usage, served)
+
+    # ------------------------------------------------------------ operators
+
+    def status_plan(self, metadata: Mapping[str, Any]) -> tuple[_Plan, tuple[str, ...]]:
+        applicable: list[tuple[ScopeTemplate, Limit]] = []
+        skipped: list[str] = []
+        for tpl, lim in self._templates:
+            if all(f in metadata for f in tpl.fields):
+                applicable.append((tpl, lim))
+            else:
+                skipped.append(lim.describe())
+        sub = Engine.__new__(Engine)
+        sub._templates = applicable
+        sub._all_static = False
+        sub._static = {}
+        return sub.plan(metadata), tuple(skipped)
+
+    def build_status(
+        self, plan: _Plan, states: Sequence[CounterState], skipped: tuple[str, ...]
+    ) -> BudgetStatus:
+        rows: list[LimitStatus] = []
+        for spec, group, st in zip(plan.specs, plan.groups, states, strict=True):
+            for lim in group:
+                for quantity in ("usd", "tokens", "requests"):
+                    if getattr(lim, quantity) is not None:
+                        rows.append(row(spec.ref.scope, lim, quantity, st))
+        return BudgetStatus(tuple(rows), skipped)
+
+    def status(self, metadata: Mapping[str, Any]) -> BudgetStatus:
+        plan, skipped = self.status_plan(metadata)
+        states = self.store.status([s.ref for s in plan.specs])
+        return self.build_status(plan, states, skipped)
+
+    async def astatus(self, metadata: Mapping[str, Any]) -> BudgetStatus:
+        plan, skipped = self.status_plan(metadata)
+        states = await self.store.astatus([s.ref for s in plan.specs])
+        return self.build_status(plan, states, skipped)
+
+
+def _before(states: Sequence[CounterState], amount: Amount) -> list[CounterState]:
+    return [
+        CounterState(
+            st.window_start, st.spent, (st.reserved - amount).floor0(), st.overshoot_count, st.overshoot
+        )
+        for st in states
+    ]
+
+
+def _message_usage(message: BaseMessage) -> tuple[TokenUsage, str | None]:
+    usage = usage_from_message(message)
+    if usage is None:
+        text = message.content if isinstance(message.content, str) else str(message.content)
+        usage = TokenUsage(input_tokens=0, output_tokens=max(estimate_text_tokens(text), 1), estimated=True)
+    return usage, served_model(message)
+
+
+def _first_str(*values: Any) -> str | None:
+    for v in values:
+        if isinstance(v, str) and v:
+            return v
+    return None

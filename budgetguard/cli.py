@@ -1,0 +1,71 @@
+"""``budgetguard demo``: the guard at work on a simulated model, offline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import TextIO
+
+from ._engine import CallRecord
+from .errors import BudgetExceeded, _usd
+from .guard import BudgetGuard
+from .testing import FakeChatModel
+from .tracking import track_usage
+
+__all__ = ["main", "demo"]
+
+
+def demo(out: TextIO | None = None) -> int:
+    """Admit calls, shrink the budget, degrade to the cheaper model, then refuse."""
+    write = (out or sys.stdout).write
+    primary = FakeChatModel(
+        model_name="gpt-4o", max_tokens=300, output_tokens=250, responses=["A thorough answer."]
+    )
+    cheap = FakeChatModel(
+        model_name="gpt-4o-mini", max_tokens=2000, output_tokens=1500, responses=["A shorter answer."]
+    )
+    records: list[CallRecord] = []
+    guard = BudgetGuard(limit_usd=Decimal("0.03"), fallback=cheap, degrade_at=0.5, on_record=records.append)
+    llm = guard.wrap(primary)
+    write("budgetguard demo: a simulated gpt-4o, a gpt-4o-mini fallback, a $0.03 budget, degrade at 50%\n")
+    write("(offline: no API key, in-memory store)\n\n")
+    write(f"{'call':>4}  {'served by':<12} {'reserved':>10} {'cost':>10} {'remaining':>10}\n")
+    refused: BudgetExceeded | None = None
+    with track_usage() as usage:
+        for i in range(1, 100):
+            records.clear()
+            try:
+                llm.invoke(f"Question {i}: how do budgets work?")
+            except BudgetExceeded as exc:
+                refused = exc
+                write(f"{i:>4}  REFUSED before any provider call\n")
+                break
+            rec = records[-1]
+            rem = guard.remaining().remaining_usd
+            assert rem is not None
+            write(
+                f"{i:>4}  {rec.model:<12} {'$' + _usd(rec.reserved_usd):>10} "
+                f"{'$' + _usd(rec.cost_usd):>10} {'$' + _usd(rem):>10}\n"
+            )
+    write("\nguard.remaining():\n" + str(guard.remaining()) + "\n\n")
+    if refused is not None:
+        write(f"Refusal: {refused}\n\n")
+    write("track_usage():\n" + str(usage) + "\n\n")
+    write(f"Provider calls made: gpt-4o {primary.calls.count}, gpt-4o-mini {cheap.calls.count}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="budgetguard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="run the offline demo")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo()
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

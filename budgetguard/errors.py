@@ -1,0 +1,132 @@
+"""Every error budgetguard raises, each naming the problem and the fix."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .limits import Limit
+
+__all__ = [
+    "BudgetError",
+    "BudgetExceeded",
+    "ConfigError",
+    "MissingScope",
+    "UnknownModelPrice",
+]
+
+
+class BudgetError(Exception):
+    """Base of every budgetguard error."""
+
+
+class ConfigError(BudgetError, ValueError):
+    """The guard, a limit or a price was configured wrongly."""
+
+
+class UnknownModelPrice(BudgetError, LookupError):
+    """No price is known for a model, so its cost cannot be charged."""
+
+    def __init__(self, model: str, provider: str | None = None, *, reason: str | None = None) -> None:
+        self.model = model
+        self.provider = provider
+        where = f" (provider {provider!r})" if provider else ""
+        why = reason or "it is not in the bundled genai-prices data"
+        super().__init__(
+            f"No price for model {model!r}{where}: {why}. "
+            f"Pass prices={{{model!r}: budgetguard.Price(input_per_mtok=..., output_per_mtok=...)}} "
+            "to the guard (or to cost()), or opt in to a fallback with default_price=Price(...)."
+        )
+
+
+class MissingScope(BudgetError, KeyError):
+    """A scope template needs a metadata key the run did not carry, or got a bad value."""
+
+    def __init__(self, template: str, key: str, problem: str = "is missing") -> None:
+        self.template = template
+        self.key = key
+        super().__init__(template, key)
+        self._msg = (
+            f"Scope {template!r} needs metadata[{key!r}], which {problem}. "
+            f"Pass it with config={{'metadata': {{{key!r}: ...}}}} on the call, "
+            f"or with guard.enforce({key}=...)."
+        )
+
+    def __str__(self) -> str:
+        return self._msg
+
+
+class BudgetExceeded(BudgetError):
+    """A call was refused because its worst case does not fit a limit.
+
+    The fields say which limit, in its own unit (USD ``Decimal`` or an ``int``
+    count of tokens or requests).
+    """
+
+    def __init__(
+        self,
+        *,
+        scope: str,
+        limit: Limit,
+        quantity: str,
+        window: str,
+        spent: Decimal | int,
+        reserved: Decimal | int,
+        requested: Decimal | int,
+        remaining: Decimal | int,
+        resets_at: datetime | None,
+        model: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        self.scope = scope
+        self.limit = limit
+        self.quantity = quantity
+        self.window = window
+        self.spent = spent
+        self.reserved = reserved
+        self.requested = requested
+        self.remaining = remaining
+        self.resets_at = resets_at
+        self.model = model
+        self.note = note
+        super().__init__(self._message())
+
+    def _fmt(self, v: Decimal | int) -> str:
+        if self.quantity == "usd":
+            return f"${_usd(v)}"
+        return f"{v:,} {self.quantity}"
+
+    def _message(self) -> str:
+        window = "lifetime" if self.window == "lifetime" else f"per-{self.window}"
+        cap = self.limit.value(self.quantity)
+        resets = f", resets {self.resets_at:%Y-%m-%d %H:%M} UTC" if self.resets_at else ""
+        who = f"{self.model} call" if self.model else "call"
+        note = f" ({self.note})" if self.note else ""
+        return (
+            f"Budget exceeded for {self.scope}: {window} limit {self._fmt(cap)}, "
+            f"spent {self._fmt(self.spent)}, reserved {self._fmt(self.reserved)}, "
+            f"this {who} needs up to {self._fmt(self.requested)}; "
+            f"{self._fmt(self.remaining)} left{resets}{note}."
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (self.__dict__,))
+
+
+def _rebuild(state: dict[str, object]) -> BudgetExceeded:
+    exc = BudgetExceeded.__new__(BudgetExceeded)
+    exc.__dict__.update(state)
+    Exception.__init__(exc, exc._message())
+    return exc
+
+
+def _usd(v: Decimal | int) -> str:
+    """USD for people: at least 2 decimals, at most as many as needed."""
+    d = Decimal(v)
+    s = format(d.normalize(), "f")
+    if "." not in s:
+        return s + ".00"
+    whole, frac = s.split(".")
+    return f"{whole}.{frac.ljust(2, '0')}"

@@ -1,0 +1,81 @@
+"""Offline, conservative worst-case token estimates for a call before it is sent.
+
+No tokenizer file is needed. ASCII text is counted at 3 characters a token
+(real BPE averages about 4), other text at 2 UTF-8 bytes a token (CJK is
+about 1 token per 3-byte character), so the estimate errs high. Images and
+files count a flat amount; tools count their JSON schema.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage
+
+__all__ = ["estimate_input_tokens", "estimate_text_tokens", "max_output_tokens"]
+
+PER_MESSAGE = 6  # role markers and separators
+PER_CALL = 8
+PER_IMAGE = 1_600  # a high-detail 1024x1024 image is about 765 tokens on OpenAI, 1,600 on Anthropic
+DEFAULT_MAX_OUTPUT_TOKENS = 4_096
+
+
+def estimate_text_tokens(text: str) -> int:
+    """An upper estimate of the BPE tokens in ``text``."""
+    if text.isascii():
+        return -(-len(text) // 3)
+    return -(-len(text.encode("utf-8", "surrogatepass")) // 2)
+
+
+def _content_tokens(content: Any) -> int:
+    if isinstance(content, str):
+        return estimate_text_tokens(content)
+    total = 0
+    if isinstance(content, Sequence):
+        for block in content:
+            if isinstance(block, str):
+                total += estimate_text_tokens(block)
+            elif isinstance(block, Mapping):
+                kind = block.get("type")
+                if kind in ("text", "reasoning", "thinking"):
+                    total += estimate_text_tokens(str(block.get("text") or block.get("thinking") or ""))
+                elif kind in ("image", "image_url", "file", "audio", "document", "input_audio"):
+                    total += PER_IMAGE
+                else:
+                    total += estimate_text_tokens(json.dumps(block, default=str))
+    return total
+
+
+def estimate_input_tokens(messages: Sequence[BaseMessage], tools: Any = None) -> int:
+    """Worst-case input tokens of one prompt, plus the tool definitions bound to it."""
+    total = PER_CALL
+    for m in messages:
+        total += PER_MESSAGE + _content_tokens(m.content)
+        calls = m.tool_calls if isinstance(m, AIMessage) else None
+        if calls:
+            total += estimate_text_tokens(json.dumps(calls, default=str))
+    if tools:
+        total += estimate_text_tokens(json.dumps(tools, default=str))
+    return total
+
+
+_MAX_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "num_predict", "maxTokens")
+
+
+def max_output_tokens(
+    invocation_params: Mapping[str, Any] | None,
+    metadata: Mapping[str, Any] | None,
+    profile_max: int | None,
+    default: int,
+) -> int:
+    """The call's output cap: its own max tokens, else the model profile's, else ``default``."""
+    for source in (invocation_params or {}, metadata or {}):
+        for key in (*_MAX_KEYS, "ls_max_tokens"):
+            v = source.get(key)
+            if type(v) is int and v > 0:
+                return v
+    if profile_max:
+        return profile_max
+    return default

@@ -1,0 +1,203 @@
+"""Limits, their UTC calendar windows, and scope templates.
+
+All of it is pure: no clock is read here, callers pass the time in.
+"""
+
+from __future__ import annotations
+
+import calendar
+import string
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any, ClassVar, Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import ConfigError, MissingScope
+
+__all__ = [
+    "Limit",
+    "Period",
+    "ScopeTemplate",
+    "window_start",
+    "window_end",
+    "DEFAULT_SCOPE",
+    "MAX_SCOPE_VALUE",
+]
+
+Period = Literal["minute", "hour", "day", "week", "month", "lifetime"]
+PERIODS: tuple[str, ...] = ("minute", "hour", "day", "week", "month", "lifetime")
+DEFAULT_SCOPE = "global"
+MAX_SCOPE_VALUE = 256
+_NANOS = Decimal(1_000_000_000)
+_EPOCH_MONDAY = 4 * 86400  # 1970-01-01 was a Thursday; 1970-01-05 a Monday
+
+
+class Limit(BaseModel):
+    """A cap on USD, tokens and/or requests, per window, for one scope.
+
+    ``scope`` is a template filled from the run's metadata, e.g.
+    ``"user:{user_id}"``; ``None`` means the guard's default scope.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    usd: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    tokens: int | None = Field(default=None, ge=0, strict=True)
+    requests: int | None = Field(default=None, ge=0, strict=True)
+    per: Period = "lifetime"
+    scope: str | None = None
+
+    @field_validator("usd", mode="before")
+    @classmethod
+    def _usd_exact(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("usd must be a number of dollars, not a bool")
+        return Decimal(repr(v)) if isinstance(v, float) else v
+
+    @field_validator("scope")
+    @classmethod
+    def _scope_parses(cls, v: str | None) -> str | None:
+        if v is not None:
+            ScopeTemplate.parse(v)
+        return v
+
+    @model_validator(mode="after")
+    def _has_quantity(self) -> Limit:
+        if self.usd is None and self.tokens is None and self.requests is None:
+            raise ValueError("a Limit needs at least one of usd=, tokens= or requests=")
+        return self
+
+    def value(self, quantity: str) -> Decimal | int:
+        v = {"usd": self.usd, "tokens": self.tokens, "requests": self.requests}[quantity]
+        if v is None:
+            raise KeyError(quantity)
+        return v
+
+    @property
+    def usd_nanos(self) -> int | None:
+        """The USD cap in nano-dollars, rounded down so the cap is never loosened."""
+        if self.usd is None:
+            return None
+        return int((self.usd * _NANOS).to_integral_value(rounding=ROUND_FLOOR))
+
+    def describe(self) -> str:
+        parts = []
+        if self.usd is not None:
+            parts.append(f"${self.usd}")
+        if self.tokens is not None:
+            parts.append(f"{self.tokens:,} tokens")
+        if self.requests is not None:
+            parts.append(f"{self.requests:,} requests")
+        per = "" if self.per == "lifetime" else f" per {self.per}"
+        return f"{' / '.join(parts)}{per} on {self.scope or DEFAULT_SCOPE}"
+
+
+# ---------------------------------------------------------------- windows
+
+
+def window_start(per: str, now: float) -> int:
+    """Start of the UTC calendar window holding ``now`` (epoch seconds)."""
+    t = int(now // 1)
+    if per == "lifetime":
+        return 0
+    if per == "minute":
+        return t - t % 60
+    if per == "hour":
+        return t - t % 3600
+    if per == "day":
+        return t - t % 86400
+    if per == "week":
+        return t - (t - _EPOCH_MONDAY) % (7 * 86400)
+    if per == "month":
+        d = datetime.fromtimestamp(t, tz=timezone.utc)
+        return calendar.timegm((d.year, d.month, 1, 0, 0, 0))
+    raise ConfigError(f"unknown period {per!r}; use one of {', '.join(PERIODS)}")
+
+
+def window_end(per: str, start: int) -> int | None:
+    """When the window that began at ``start`` resets; ``None`` for lifetime."""
+    if per == "lifetime":
+        return None
+    if per == "month":
+        d = datetime.fromtimestamp(start, tz=timezone.utc)
+        y, m = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+        return calendar.timegm((y, m, 1, 0, 0, 0))
+    step = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}[per]
+    return start + step
+
+
+def as_datetime(ts: int | None) -> datetime | None:
+    return None if ts is None else datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=ts)
+
+
+# ---------------------------------------------------------------- scopes
+
+_SAFE = "-_.~@"
+
+
+class ScopeTemplate:
+    """A scope such as ``"org:{org_id}/user:{user_id}"``, filled from metadata.
+
+    Values are percent-encoded, so distinct values always give distinct keys
+    whatever characters they hold (``:``, ``{``, newlines...).
+    """
+
+    __slots__ = ("fields", "parts", "template")
+    _cache: ClassVar[dict[str, ScopeTemplate]] = {}
+
+    def __init__(self, template: str, parts: tuple[tuple[str, str | None], ...]) -> None:
+        self.template = template
+        self.parts = parts
+        self.fields = tuple(f for _, f in parts if f is not None)
+
+    @classmethod
+    def parse(cls, template: str) -> ScopeTemplate:
+        cached = cls._cache.get(template)
+        if cached is not None:
+            return cached
+        if not isinstance(template, str) or not template.strip():
+            raise ConfigError(f"scope {template!r} is empty; use e.g. 'global' or 'user:{{user_id}}'")
+        parts: list[tuple[str, str | None]] = []
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as e:
+            raise ConfigError(
+                f"scope {template!r} is not a valid template ({e}); "
+                "write fields as {name}, and double braces for literal ones"
+            ) from None
+        for literal, field, spec, conv in parsed:
+            if field is not None and (not field.isidentifier() or spec or conv):
+                raise ConfigError(
+                    f"scope {template!r}: field {{{field}{'!' + conv if conv else ''}"
+                    f"{':' + spec if spec else ''}}} must be a plain metadata key such as {{user_id}}"
+                )
+            parts.append((literal, field))
+        tpl = cls(template, tuple(parts))
+        cls._cache[template] = tpl
+        return tpl
+
+    def render(self, metadata: Mapping[str, Any]) -> str:
+        if not self.fields:
+            return self.template
+        out: list[str] = []
+        for literal, field in self.parts:
+            out.append(literal)
+            if field is None:
+                continue
+            if field not in metadata or metadata[field] is None:
+                raise MissingScope(self.template, field)
+            value = metadata[field]
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise MissingScope(
+                    self.template, field, f"is a {type(value).__name__}; it must be a str or int"
+                )
+            text = str(value)
+            if not text:
+                raise MissingScope(self.template, field, "is empty")
+            if len(text) > MAX_SCOPE_VALUE:
+                raise MissingScope(self.template, field, f"is longer than {MAX_SCOPE_VALUE} characters")
+            out.append(quote(text, safe=_SAFE))
+        return "".join(out)

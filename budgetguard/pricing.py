@@ -1,0 +1,431 @@
+"""Exact USD prices for one call.
+
+Rates come from genai-prices' bundled data (never its updater) or from the
+user's ``Price`` table. A model's rates are looked up once, compiled into
+integers and cached, so a warm ``cost()`` is integer arithmetic plus one
+``Decimal`` at the end. Billing follows genai-prices exactly: every priced
+token class is charged at its own rate, and a class without a rate of its own
+(say cache reads on a model with no cache price) is billed at its parent's.
+
+Resolution order, first hit wins:
+
+1. ``prices`` given by the caller: the exact model name, then its lower case.
+2. Bundled data, with the provider (LangChain's ``ls_provider`` mapped to a
+   genai-prices id, e.g. ``amazon_bedrock`` -> ``aws``).
+3. Bundled data, provider guessed from the model name.
+4. Bedrock ids: without a region prefix (``us.``, ``eu.`` ...) under ``aws``,
+   then the vendor's own name (``anthropic.claude-v2`` -> ``claude-v2``)
+   under the vendor.
+5. ``default_price``, only if the caller opted in.
+6. Otherwise ``UnknownModelPrice``: never a silent $0.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from genai_prices.data_snapshot import DataSnapshot
+from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
+from genai_prices.units import UnitRegistry
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import ConfigError, UnknownModelPrice
+from .usage import TokenUsage
+
+__all__ = ["Price", "cost", "cost_nanos", "resolve_rates", "Rates", "NANOS_PER_USD"]
+
+NANOS_PER_USD = 1_000_000_000
+_MTOK = 1_000_000
+
+#: LangChain ``ls_provider`` values -> genai-prices provider ids.
+PROVIDER_ALIASES: dict[str, str] = {
+    "amazon_bedrock": "aws",
+    "bedrock": "aws",
+    "bedrock_converse": "aws",
+    "aws": "aws",
+    "google_genai": "google",
+    "google_vertexai": "google",
+    "google_anthropic_vertex": "anthropic",
+    "vertexai": "google",
+    "azure": "azure",
+    "azure_openai": "azure",
+    "mistralai": "mistral",
+    "fireworks": "fireworks",
+    "together": "together",
+    "xai": "x-ai",
+}
+
+_BEDROCK_REGIONS = ("us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.")
+
+# The usage classes LangChain can report, by genai-prices usage key.
+_REPORTED = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "output_reasoning_tokens",
+)
+
+
+class Price(BaseModel):
+    """A user-supplied price, in USD per million tokens.
+
+    A cache rate left as ``None`` bills those tokens at the input rate.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_per_mtok: Decimal = Field(ge=0, allow_inf_nan=False)
+    output_per_mtok: Decimal = Field(ge=0, allow_inf_nan=False)
+    cache_read_per_mtok: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_float_drift(cls, v: Any) -> Any:
+        # Decimal(0.1) carries binary noise; go through repr so 0.1 means 0.1.
+        return Decimal(repr(v)) if isinstance(v, float) else v
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    key: str
+    direction: str | None
+    #: rate, in units of 10**-scale USD per token-million; tiers as (start, rate)
+    base: int
+    tiers: tuple[tuple[int, int], ...]
+    descendants: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """One model's prices compiled to integers. Build with ``resolve_rates``."""
+
+    model: str
+    provider: str | None
+    scale: int
+    units: tuple[_Unit, ...]
+    per_request: int  # same scale, per single request
+
+    def numerator(self, u: TokenUsage) -> int:
+        """Cost times ``10**(scale+6)`` USD, exactly."""
+        counts = _counts(u)
+        leaves: list[int] = []
+        total = self.per_request * _MTOK
+        for unit in self.units:
+            leaf = counts.get(unit.key, 0)
+            for d in unit.descendants:
+                leaf -= leaves[d]
+            if leaf < 0:
+                leaf = 0  # a contradictory report: never refund
+            leaves.append(leaf)
+            rate = unit.base
+            for start, tier_rate in unit.tiers:
+                if u.input_tokens > start:
+                    rate = tier_rate
+            total += rate * leaf
+        return total
+
+    def worst_nanos(self, input_tokens: int, output_tokens: int) -> int:
+        """Worst-case nano-dollars: every token at the dearest rate of its direction.
+
+        Input could all be cache writes (dearer than plain input on Anthropic),
+        output could all be audio; tiers are chosen by ``input_tokens``.
+        """
+        best = {"input": 0, "output": 0}
+        for unit in self.units:
+            if unit.direction not in best:
+                continue
+            rate = unit.base
+            for start, tier_rate in unit.tiers:
+                if input_tokens > start:
+                    rate = tier_rate
+            if rate > best[unit.direction]:
+                best[unit.direction] = rate
+        num = self.per_request * _MTOK + best["input"] * input_tokens + best["output"] * output_tokens
+        return _ceil_nanos(num, self.scale)
+
+    def usd(self, u: TokenUsage) -> Decimal:
+        return _plain(Decimal(self.numerator(u)).scaleb(-(self.scale + 6)))
+
+    def nanos(self, u: TokenUsage) -> int:
+        """Cost in nano-dollars, rounded up so budgets never undercount."""
+        return _ceil_nanos(self.numerator(u), self.scale)
+
+
+def _plain(d: Decimal) -> Decimal:
+    """Drop trailing zeros without switching to exponent notation."""
+    n = d.normalize()
+    return n if n.as_tuple().exponent <= 0 else n.quantize(Decimal(1))  # type: ignore[operator]
+
+
+def _ceil_nanos(numerator: int, scale: int) -> int:
+    shift = scale + 6 - 9
+    if shift <= 0:
+        return int(numerator * 10**-shift)
+    return int(-(-numerator // 10**shift))
+
+
+def _counts(u: TokenUsage) -> dict[str, int]:
+    c = {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens}
+    if u.cache_read:
+        c["cache_read_tokens"] = u.cache_read
+    if u.cache_write:
+        c["cache_write_tokens"] = u.cache_write
+        c["cache_write_5m_tokens"] = u.cache_write - u.cache_write_1h
+        c["cache_write_1h_tokens"] = u.cache_write_1h
+    if u.input_audio:
+        c["input_audio_tokens"] = u.input_audio
+    if u.output_audio:
+        c["output_audio_tokens"] = u.output_audio
+    if u.reasoning:
+        c["output_reasoning_tokens"] = u.reasoning
+    return c
+
+
+# --------------------------------------------------------------------------- data
+
+_snapshot_lock = threading.Lock()
+_snapshot: DataSnapshot | None = None
+_registry: UnitRegistry | None = None
+
+
+def _data() -> tuple[DataSnapshot, UnitRegistry]:
+    """Our own reference to the bundled data, immune to genai-prices' updater."""
+    global _snapshot, _registry
+    if _snapshot is None or _registry is None:
+        with _snapshot_lock:
+            if _snapshot is None or _registry is None:
+                from genai_prices.data import providers
+                from genai_prices.data_units import unit_data
+
+                _registry = UnitRegistry(unit_data)
+                _snapshot = DataSnapshot(providers=providers, from_auto_update=False)
+    return _snapshot, _registry
+
+
+def _scaled(value: Decimal, scale: int) -> int:
+    return int(value.scaleb(scale))  # exact: scale covers every exponent
+
+
+def _scale_for(values: list[Decimal]) -> int:
+    exps = [-int(v.as_tuple().exponent) for v in values if v.is_finite()]
+    return max([0, *exps])
+
+
+def _compile(model: str, provider: str | None, prices: Mapping[str, Decimal | TieredPrices]) -> Rates:
+    """Turn genai-prices price keys into integer rates over the units we report."""
+    _, registry = _data()
+    priced: list[tuple[Any, Decimal | TieredPrices]] = []
+    per_request_usd = Decimal(0)
+    for price_key, price in prices.items():
+        try:
+            unit = registry.unit_for_price_key(price_key)
+        except KeyError:
+            continue
+        if unit.usage_key == "requests":  # priced per `per` requests
+            base = price.base if isinstance(price, TieredPrices) else price
+            per_request_usd = base / unit.per
+        elif unit.usage_key in _REPORTED and unit.per == _MTOK:
+            priced.append((unit, price))
+        # searches, pages, seconds...: LangChain never reports them
+    decimals = [per_request_usd]
+    for _, p in priced:
+        if isinstance(p, TieredPrices):
+            decimals.append(p.base)
+            decimals.extend(t.price for t in p.tiers)
+        else:
+            decimals.append(p)
+    scale = _scale_for(decimals)
+    return _build(model, provider, priced, scale, _scaled(per_request_usd, scale))
+
+
+def _build(model: str, provider: str | None, priced: list[Any], scale: int, per_request: int) -> Rates:
+    # Most specific first, as genai-prices' leaf decomposition does.
+    priced.sort(key=lambda up: (-len(up[0].dimensions), up[0].usage_key))
+    units: list[_Unit] = []
+    for i, (unit, price) in enumerate(priced):
+        desc = tuple(
+            j
+            for j, (other, _) in enumerate(priced[:i])
+            if other is not unit and unit.dimensions.items() <= other.dimensions.items()
+        )
+        if isinstance(price, TieredPrices):
+            base = _scaled(price.base, scale)
+            tiers = tuple((t.start, _scaled(t.price, scale)) for t in price.tiers)
+        else:
+            base, tiers = _scaled(price, scale), ()
+        units.append(_Unit(unit.usage_key, unit.dimensions.get("direction"), base, tiers, desc))
+    return Rates(model, provider, scale, tuple(units), per_request)
+
+
+def _rates_from_price(model: str, price: Price) -> Rates:
+    prices: dict[str, Decimal | TieredPrices] = {
+        "input_mtok": price.input_per_mtok,
+        "output_mtok": price.output_per_mtok,
+    }
+    if price.cache_read_per_mtok is not None:
+        prices["cache_read_mtok"] = price.cache_read_per_mtok
+    if price.cache_write_per_mtok is not None:
+        prices["cache_write_mtok"] = price.cache_write_per_mtok
+    return _compile(model, None, prices)
+
+
+def _model_price_items(mp: ModelPrice) -> dict[str, Decimal | TieredPrices]:
+    return {k: v for k, v in mp.__dict__.items() if not k.startswith("_") and v is not None}
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A resolved bundled model: static rates, or rates chosen by date."""
+
+    model: str
+    provider: str
+    info: ModelInfo
+    static: Rates | None
+    by_price: dict[int, Rates]
+
+    def rates(self) -> Rates:
+        if self.static is not None:
+            return self.static
+        mp = self.info.get_prices(datetime.now(tz=timezone.utc))
+        r = self.by_price.get(id(mp))
+        if r is None:
+            r = self.by_price[id(mp)] = _compile(self.model, self.provider, _model_price_items(mp))
+        return r
+
+
+_cache: dict[tuple[str, str | None], _Entry | None] = {}
+_user_cache: dict[tuple[int, str], Rates] = {}
+
+
+def _find(model: str, provider: str | None) -> tuple[str, ModelInfo] | None:
+    snap, _ = _data()
+    candidates: list[tuple[str, str | None]] = []
+    pid = PROVIDER_ALIASES.get(provider.lower(), provider.lower()) if provider else None
+    if pid:
+        candidates.append((model, pid))
+    candidates.append((model, None))
+    low = model.lower()
+    stripped = low
+    for region in _BEDROCK_REGIONS:
+        if low.startswith(region):
+            stripped = low[len(region) :]
+            break
+    if stripped != low:
+        candidates += [(low, "aws"), (stripped, "aws")]
+    if "." in stripped:
+        vendor, _, name = stripped.partition(".")
+        if not name[:1].isdigit():
+            candidates += [(stripped, "aws"), (stripped, vendor), (name, vendor)]
+            if name.endswith(":0"):
+                candidates.append((name.rsplit("-v", 1)[0], vendor))
+    for ref, prov in candidates:
+        try:
+            p, info = snap.find_provider_model(ref, None, prov, None)
+        except LookupError:
+            continue
+        return p.id, info
+    return None
+
+
+def _bundled(model: str, provider: str | None) -> _Entry | None:
+    key = (model, provider)
+    try:
+        return _cache[key]
+    except KeyError:
+        pass
+    found = _find(model, provider)
+    entry: _Entry | None = None
+    if found is not None:
+        pid, info = found
+        static = None
+        if isinstance(info.prices, ModelPrice):
+            static = _compile(model, pid, _model_price_items(info.prices))
+        entry = _Entry(model, pid, info, static, {})
+    _cache[key] = entry
+    return entry
+
+
+def resolve_rates(
+    model: str,
+    provider: str | None = None,
+    prices: Mapping[str, Price] | None = None,
+    default_price: Price | None = None,
+) -> Rates:
+    """The compiled rates for ``model``, by the documented resolution order."""
+    if not isinstance(model, str) or not model:
+        raise UnknownModelPrice(str(model), provider, reason="no model name was reported")
+    if prices:
+        price = prices.get(model) or prices.get(model.lower())
+        if price is not None:
+            return _user_rates(model, price)
+    entry = _bundled(model, provider)
+    if entry is not None:
+        return entry.rates()
+    if default_price is not None:
+        return _user_rates(model, default_price)
+    raise UnknownModelPrice(model, provider)
+
+
+def _user_rates(model: str, price: Price) -> Rates:
+    if not isinstance(price, Price):
+        raise ConfigError(
+            f"prices[{model!r}] is a {type(price).__name__}; "
+            "use budgetguard.Price(input_per_mtok=..., output_per_mtok=...)"
+        )
+    key = (id(price), model)
+    r = _user_cache.get(key)
+    if r is None or r.model != model:
+        r = _user_cache[key] = _rates_from_price(model, price)
+    return r
+
+
+def _as_usage(usage: TokenUsage | Mapping[str, Any]) -> TokenUsage:
+    if isinstance(usage, TokenUsage):
+        return usage
+    parsed = TokenUsage.from_usage_metadata(usage)
+    if parsed is None:
+        raise ConfigError(
+            "usage is not a valid LangChain UsageMetadata: it needs non-negative integer "
+            f"input_tokens and output_tokens, got {dict(usage) if isinstance(usage, Mapping) else usage!r}"
+        )
+    return parsed
+
+
+def cost(
+    usage: TokenUsage | Mapping[str, Any],
+    model: str,
+    *,
+    provider: str | None = None,
+    prices: Mapping[str, Price] | None = None,
+    default_price: Price | None = None,
+) -> Decimal:
+    """USD cost of one call, exactly, as a ``Decimal``.
+
+    ``usage`` is a LangChain ``UsageMetadata`` dict (or a ``TokenUsage``).
+    Raises ``UnknownModelPrice`` for a model with no price, unless
+    ``default_price`` is given.
+    """
+    return resolve_rates(model, provider, prices, default_price).usd(_as_usage(usage))
+
+
+def cost_nanos(
+    usage: TokenUsage | Mapping[str, Any],
+    model: str,
+    *,
+    provider: str | None = None,
+    prices: Mapping[str, Price] | None = None,
+    default_price: Price | None = None,
+) -> int:
+    """Like ``cost`` but in integer nano-dollars, rounded up."""
+    return resolve_rates(model, provider, prices, default_price).nanos(_as_usage(usage))

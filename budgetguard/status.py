@@ -1,0 +1,111 @@
+"""What an operator reads: each limit's spent, reserved and remaining budget."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from .errors import _usd
+from .limits import Limit, as_datetime, window_end
+from .reservation import CounterState
+
+__all__ = ["BudgetStatus", "LimitStatus"]
+
+_NANOS = Decimal(1_000_000_000)
+_QTY = {"usd": "nanos", "tokens": "tokens", "requests": "requests"}
+
+
+def to_usd(nanos: int) -> Decimal:
+    return Decimal(nanos) / _NANOS
+
+
+@dataclass(frozen=True, slots=True)
+class LimitStatus:
+    """One limit's standing in one quantity (USD ``Decimal`` or an ``int`` count)."""
+
+    scope: str
+    limit: Limit
+    quantity: str  # "usd", "tokens" or "requests"
+    per: str
+    cap: Decimal | int
+    spent: Decimal | int
+    reserved: Decimal | int
+    remaining: Decimal | int
+    window_start: datetime | None
+    resets_at: datetime | None
+    overshoots: int
+    estimated: int
+
+    @property
+    def used_fraction(self) -> float:
+        """(spent + reserved) / cap, for dashboards; not used for decisions."""
+        if not self.cap:
+            return 1.0
+        return float((Decimal(self.spent) + Decimal(self.reserved)) / Decimal(self.cap))
+
+    def fmt(self, v: Decimal | int) -> str:
+        return f"${_usd(v)}" if self.quantity == "usd" else f"{v:,}"
+
+
+def row(scope: str, limit: Limit, quantity: str, st: CounterState) -> LimitStatus:
+    """Build a row from a counter, with the same arithmetic enforcement uses."""
+    q = _QTY[quantity]
+    cap_raw = limit.usd_nanos if quantity == "usd" else limit.value(quantity)
+    assert isinstance(cap_raw, int)
+    spent, reserved = st.spent.get(q), st.reserved.get(q)
+    remaining = max(cap_raw - spent - reserved, 0)
+    conv = to_usd if quantity == "usd" else int
+    end = window_end(limit.per, st.window_start)
+    return LimitStatus(
+        scope=scope,
+        limit=limit,
+        quantity=quantity,
+        per=limit.per,
+        cap=limit.value(quantity),
+        spent=conv(spent),
+        reserved=conv(reserved),
+        remaining=conv(remaining),
+        window_start=None if limit.per == "lifetime" else as_datetime(st.window_start),
+        resets_at=as_datetime(end),
+        overshoots=st.overshoot_count,
+        estimated=st.estimated_count,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """Every limit that applies to some metadata, one row per limit and quantity.
+
+    ``skipped`` names limits whose scope needs metadata that was not given.
+    """
+
+    rows: tuple[LimitStatus, ...]
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def remaining_usd(self) -> Decimal | None:
+        """The tightest USD headroom, or ``None`` if no USD limit applies."""
+        vals = [Decimal(r.remaining) for r in self.rows if r.quantity == "usd"]
+        return min(vals) if vals else None
+
+    @property
+    def exhausted(self) -> bool:
+        return any(r.remaining == 0 for r in self.rows)
+
+    def for_scope(self, scope: str) -> Sequence[LimitStatus]:
+        return [r for r in self.rows if r.scope == scope]
+
+    def __str__(self) -> str:
+        head = f"{'scope':<24} {'window':<9} {'limit':>14} {'spent':>14} {'reserved':>12} {'remaining':>14}"
+        lines = [head + "  resets"]
+        for r in self.rows:
+            resets = f"{r.resets_at:%Y-%m-%d %H:%M}" if r.resets_at else "never"
+            lines.append(
+                f"{r.scope:<24} {r.per:<9} {r.fmt(r.cap):>14} {r.fmt(r.spent):>14} "
+                f"{r.fmt(r.reserved):>12} {r.fmt(r.remaining):>14}  {resets}"
+            )
+        for s in self.skipped:
+            lines.append(f"(not shown: {s}, its scope needs more metadata)")
+        return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""Where budgets live, chosen by URL as in ``limits``: ``memory://`` (default)."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import ConfigError
+from .base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
+from .memory import MemoryStore
+
+__all__ = [
+    "MemoryStore",
+    "ReserveRequest",
+    "ReserveResult",
+    "SettleOutcome",
+    "SettleRequest",
+    "Store",
+    "store_from_url",
+    "ENV_VAR",
+]
+
+#: Names the store URL when the guard is given none.
+ENV_VAR = "BUDGETGUARD_STORE"
+
+
+def store_from_url(url: str | None) -> Store:
+    """Build a store from a URL; ``None`` reads ``$BUDGETGUARD_STORE``, else memory."""
+    if url is None:
+        url = os.environ.get(ENV_VAR) or "memory://"
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        return MemoryStore()
+    raise ConfigError(
+        f"unknown store URL scheme in {_redact(url)!r}; use 'memory://' "
+        f"(set it in code with store=... or in ${ENV_VAR})"
+    )
+
+
+def _redact(url: str) -> str:
+    """A URL safe to print: any password replaced by '***'."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, _, host = rest.rpartition("@")
+        if ":" in creds:
+            user = creds.split(":", 1)[0]
+            return f"{scheme}://{user}:***@{host}"
+    return url

@@ -1,0 +1,107 @@
+"""The store interface: five operations, each one atomic, with async twins.
+
+A store keeps counters and leases and nothing else; the decisions are the
+pure functions in ``budgetguard.reservation``. The operations are shaped so
+that one Lua script can implement ``reserve`` and one ``settle``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from ..reservation import Amount, CounterRef, CounterSpec, CounterState, Violation
+
+__all__ = [
+    "Store",
+    "ReserveRequest",
+    "ReserveResult",
+    "SettleRequest",
+    "SettleOutcome",
+]
+
+SettleOutcome = Literal["settled", "replay", "late", "unreserved"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """Reserve ``amount`` on every counter, all or nothing, under lease ``lease_id``.
+
+    ``force`` records the lease even if a cap would break (for usage that
+    has already happened and must not be lost).
+    """
+
+    lease_id: str
+    counters: tuple[CounterSpec, ...]
+    amount: Amount
+    ttl: float
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    admitted: bool
+    #: counter states, filled when refused or forced (they explain the refusal)
+    states: tuple[CounterState, ...]
+    violation: Violation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SettleRequest:
+    """Replace lease ``lease_id`` by ``actual``, exactly once.
+
+    ``counters`` lets a store record usage for a lease it never saw (or no
+    longer remembers) instead of losing it.
+    """
+
+    lease_id: str
+    counters: tuple[CounterRef, ...]
+    actual: Amount
+    estimated: bool = False
+    #: False when the reservation was only a probe (pipe form): no overshoot to report.
+    count_overshoot: bool = True
+
+
+class Store(abc.ABC):
+    """Where budgets live. Sync and async methods mirror each other."""
+
+    #: True if calls may block on I/O (then async paths must use the ``a*`` twins).
+    blocking: bool = True
+
+    @abc.abstractmethod
+    def reserve(self, req: ReserveRequest) -> ReserveResult: ...
+
+    @abc.abstractmethod
+    def settle(self, req: SettleRequest) -> SettleOutcome: ...
+
+    @abc.abstractmethod
+    def release(self, lease_id: str) -> bool:
+        """Drop a reservation without charging (the call never reached the provider)."""
+
+    @abc.abstractmethod
+    def status(self, refs: Sequence[CounterRef]) -> list[CounterState]:
+        """Current-window states of ``refs``, read in one step."""
+
+    @abc.abstractmethod
+    def reset(self, scope: str) -> int:
+        """Forget every counter of ``scope`` (all periods); returns how many."""
+
+    async def areserve(self, req: ReserveRequest) -> ReserveResult:
+        return self.reserve(req)
+
+    async def asettle(self, req: SettleRequest) -> SettleOutcome:
+        return self.settle(req)
+
+    async def arelease(self, lease_id: str) -> bool:
+        return self.release(lease_id)
+
+    async def astatus(self, refs: Sequence[CounterRef]) -> list[CounterState]:
+        return self.status(refs)
+
+    async def areset(self, scope: str) -> int:
+        return self.reset(scope)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections, if any."""
