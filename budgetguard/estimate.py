@@ -1,8 +1,11 @@
-"""Offline, conservative worst-case token estimates for a call before it is sent.
+"""Offline worst-case token estimates for a call before it is sent.
 
-No tokenizer file is needed. ASCII text is counted at 3 characters a token
-(real BPE averages about 4), other text at 2 UTF-8 bytes a token (CJK is
-about 1 token per 3-byte character), so the estimate errs high. Images and
+No tokenizer file is needed: text counts one token per UTF-8 byte. Every
+byte-level BPE token (OpenAI's cl100k/o200k, Anthropic's) covers at least one
+byte, so this can never undercount, whatever the script: CJK, emoji, UUIDs
+and digits included (ratios such as "4 characters a token" undercount those).
+The price is a generous reservation for English prose (about 4x); the
+reservation is settled to the real usage right after the call. Images and
 files count a flat amount; tools count their JSON schema.
 """
 
@@ -23,10 +26,10 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4_096
 
 
 def estimate_text_tokens(text: str) -> int:
-    """An upper estimate of the BPE tokens in ``text``."""
+    """An upper bound on the BPE tokens in ``text``: its UTF-8 byte count."""
     if text.isascii():
-        return -(-len(text) // 3)
-    return -(-len(text.encode("utf-8", "surrogatepass")) // 2)
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _content_tokens(content: Any) -> int:

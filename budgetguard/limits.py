@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, ClassVar, Literal
-from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -135,8 +134,6 @@ def as_datetime(ts: int | None) -> datetime | None:
 
 # ---------------------------------------------------------------- scopes
 
-_SAFE = "-_.~@"
-
 
 class ScopeTemplate:
     """A scope such as ``"org:{org_id}/user:{user_id}"``, filled from metadata.
@@ -174,14 +171,17 @@ class ScopeTemplate:
                     f"scope {template!r}: field {{{field}{'!' + conv if conv else ''}"
                     f"{':' + spec if spec else ''}}} must be a plain metadata key such as {{user_id}}"
                 )
+            if field is not None and parts and parts[-1][1] is not None and not literal:
+                raise ConfigError(
+                    f"scope {template!r}: fields {{{parts[-1][1]}}} and {{{field}}} need a separator "
+                    "between them, e.g. '{org_id}/{user_id}'"
+                )
             parts.append((literal, field))
         tpl = cls(template, tuple(parts))
         cls._cache[template] = tpl
         return tpl
 
     def render(self, metadata: Mapping[str, Any]) -> str:
-        if not self.fields:
-            return self.template
         out: list[str] = []
         for literal, field in self.parts:
             out.append(literal)
@@ -199,5 +199,16 @@ class ScopeTemplate:
                 raise MissingScope(self.template, field, "is empty")
             if len(text) > MAX_SCOPE_VALUE:
                 raise MissingScope(self.template, field, f"is longer than {MAX_SCOPE_VALUE} characters")
-            out.append(quote(text, safe=_SAFE))
+            out.append(_encode(text))
         return "".join(out)
+
+
+def _encode(text: str) -> str:
+    """Percent-encode all but ASCII letters and digits, so no value can fake a separator."""
+    if text.isascii() and text.isalnum():
+        return text
+    return "".join(c if c.isascii() and c.isalnum() else _pct(c) for c in text)
+
+
+def _pct(c: str) -> str:
+    return "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))

@@ -163,7 +163,7 @@ class Rates:
 
 
 def _plain(d: Decimal) -> Decimal:
-    """Drop trailing zeros without switching to exponent notation."""
+    """Drop trailing zeros (same value; print with ``format(d, "f")`` to avoid exponents)."""
     n = d.normalize()
     return n if n.as_tuple().exponent <= 0 else n.quantize(Decimal(1))  # type: ignore[operator]
 
@@ -305,7 +305,7 @@ class _Entry:
 
 
 _cache: dict[tuple[str, str | None], _Entry | None] = {}
-_user_cache: dict[tuple[int, str], Rates] = {}
+_user_cache: dict[tuple[Price, str], Rates] = {}
 
 
 def _find(model: str, provider: str | None) -> tuple[str, ModelInfo] | None:
@@ -383,9 +383,9 @@ def _user_rates(model: str, price: Price) -> Rates:
             f"prices[{model!r}] is a {type(price).__name__}; "
             "use budgetguard.Price(input_per_mtok=..., output_per_mtok=...)"
         )
-    key = (id(price), model)
+    key = (price, model)  # by value: equal prices share rates, and no id() is ever reused stale
     r = _user_cache.get(key)
-    if r is None or r.model != model:
+    if r is None:
         r = _user_cache[key] = _rates_from_price(model, price)
     return r
 

@@ -110,6 +110,9 @@ class MemoryStore(Store):
         with self._lock:
             now = self._clock()
             self._sweep(now)
+            if req.lease_id in self._leases or req.lease_id in self._settled:
+                # a replayed reserve: the lease exists (or was closed) already; never reserve twice
+                return ReserveResult(True, (), None)
             keys = tuple(self._key(spec.ref, now) for spec in req.counters)
             states = [self._state(k) for k in keys]
             violation = first_violation(req.counters, states, req.amount)
