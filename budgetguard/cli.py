@@ -31,7 +31,7 @@ def demo(out: TextIO | None = None) -> int:
     llm = guard.wrap(primary)
     write("budgetguard demo: a simulated gpt-4o, a gpt-4o-mini fallback, a $0.03 budget, degrade at 50%\n")
     write("(offline: no API key, in-memory store)\n\n")
-    write(f"{'call':>4}  {'served by':<12} {'reserved':>10} {'cost':>10} {'remaining':>10}\n")
+    write(f"{'call':>4}  {'served by':<12} {'reserved':>12} {'cost':>12} {'remaining':>12}\n")
     refused: BudgetExceeded | None = None
     with track_usage() as usage:
         for i in range(1, 100):
@@ -46,8 +46,8 @@ def demo(out: TextIO | None = None) -> int:
             rem = guard.remaining().remaining_usd
             assert rem is not None
             write(
-                f"{i:>4}  {rec.model:<12} {'$' + _usd(rec.reserved_usd):>10} "
-                f"{'$' + _usd(rec.cost_usd):>10} {'$' + _usd(rem):>10}\n"
+                f"{i:>4}  {rec.model:<12} {'$' + _usd(rec.reserved_usd):>12} "
+                f"{'$' + _usd(rec.cost_usd):>12} {'$' + _usd(rem):>12}\n"
             )
     write("\nguard.remaining():\n" + str(guard.remaining()) + "\n\n")
     if refused is not None:

@@ -19,7 +19,7 @@ from typing import Any, cast
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -63,7 +63,9 @@ class FakeChatModel(BaseChatModel):
     (about 4 characters a token) unless ``input_tokens`` fixes it; output
     tokens from the reply unless ``output_tokens`` fixes it; plus optional
     cache and reasoning details. With tools bound and ``tool_args`` set, it
-    calls the first tool with those arguments (so structured output works).
+    calls the first tool with those arguments (so structured output works),
+    and answers in text once the last message is a tool result (so an agent
+    loop ends).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -133,7 +135,8 @@ class FakeChatModel(BaseChatModel):
         text = self.responses[next(self._cycle)] if self.responses else ""
         tool_calls = []
         tools = kwargs.get("tools")
-        if tools and self.tool_args is not None:
+        answered = bool(messages) and isinstance(messages[-1], ToolMessage)
+        if tools and self.tool_args is not None and not answered:
             name = tools[0]["function"]["name"]
             tool_calls = [
                 {"name": name, "args": dict(self.tool_args), "id": "call_fake_1", "type": "tool_call"}

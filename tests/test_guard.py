@@ -574,3 +574,40 @@ def test_unknown_model_is_refused_before_the_call() -> None:
     guard = BudgetGuard(limit_usd=1, prices={"my-finetune-v7": Price(input_per_mtok=1, output_per_mtok=2)})
     guard.wrap(llm).invoke("hi")
     assert guard.remaining().rows[0].spent > 0
+
+
+# ------------------------------------------------------------------ agents
+
+
+def _lookup_tool() -> Any:
+    from langchain_core.tools import tool
+
+    @tool
+    def lookup(name: str) -> str:
+        """Look a person up."""
+        return f"{name} is 36"
+
+    return lookup
+
+
+def test_agent_with_a_wrapped_model_is_guarded_on_every_turn() -> None:
+    from langchain.agents import create_agent
+
+    llm = FakeChatModel(tool_args={"name": "Ada"}, responses=["Ada is 36."])
+    guard = BudgetGuard(limits=[Limit(requests=10)])
+    out = create_agent(guard.wrap(llm), tools=[_lookup_tool()]).invoke(
+        {"messages": [("user", "age of Ada?")]}
+    )
+    assert out["messages"][-1].content == "Ada is 36."
+    assert guard.remaining().rows[0].spent == 2 == llm.calls.count  # tool turn + answer turn
+
+
+def test_a_runaway_agent_is_stopped_before_the_next_model_call() -> None:
+    from langchain.agents import create_agent
+
+    llm = FakeChatModel(tool_args={"name": "Ada"}, responses=["Ada is 36."])
+    guard = BudgetGuard(limits=[Limit(requests=1)])
+    agent = guard.wrap(create_agent(llm, tools=[_lookup_tool()]))  # the whole agent, not the model
+    with pytest.raises(BudgetExceeded):
+        agent.invoke({"messages": [("user", "age of Ada?")]})
+    assert llm.calls.count == 1
