@@ -273,7 +273,7 @@ class Engine:
         if p is None:
             return None
         if p.chunks == 0 and not isinstance(error, GeneratorExit):
-            self.store.release(p.lease_id)
+            self.store.release(p.lease_id, p.refs)
             return self._emit(p, TokenUsage(), 0, "released", p.rates.model)
         # Output began (or the consumer walked away): charge what was seen, and
         # the worst case for what was not, since the provider may have billed it.

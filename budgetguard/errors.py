@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BudgetError",
     "BudgetExceeded",
+    "BudgetStoreUnavailable",
     "ConfigError",
     "MissingScope",
     "UnknownModelPrice",
@@ -20,6 +21,19 @@ __all__ = [
 
 class BudgetError(Exception):
     """Base of every budgetguard error."""
+
+
+class BudgetStoreUnavailable(BudgetError):
+    """The budget store could not be reached in time; the model was not called."""
+
+    def __init__(self, store: str, cause: BaseException | None = None) -> None:
+        self.store = store
+        why = f": {type(cause).__name__}" if cause is not None else ""
+        super().__init__(
+            f"Budget store {store} did not answer in time{why}. The call was not made "
+            "(budgets fail closed). Check that the store is up and reachable, or raise the "
+            "store's timeout."
+        )
 
 
 class ConfigError(BudgetError, ValueError):

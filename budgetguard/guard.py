@@ -40,10 +40,15 @@ logger = logging.getLogger("budgetguard")
 
 
 class BudgetGuardCallback(BaseCallbackHandler):
-    """Reserves on model start, settles on end; attached by the guard, not by users."""
+    """Reserves on model start, settles on end; attached by the guard, not by users.
+
+    Its methods are sync, because an async handler's exceptions are swallowed
+    on LangChain's sync path, so it could not refuse a sync call. On the async
+    path a store that does network I/O makes it run off the event loop, on
+    LangChain's callback executor (``run_inline`` False), so the loop never blocks.
+    """
 
     raise_error = True
-    run_inline = True
 
     def __init__(
         self, engine: Engine, hint: ModelHint | None = None, metadata: Mapping[str, Any] | None = None
@@ -51,6 +56,10 @@ class BudgetGuardCallback(BaseCallbackHandler):
         self.engine = engine
         self.hint = hint or ModelHint()
         self.extra_metadata = dict(metadata or {})
+
+    @property
+    def run_inline(self) -> bool:  # type: ignore[override]
+        return not self.engine.store.blocking
 
     def _meta(self, metadata: Mapping[str, Any] | None) -> Mapping[str, Any]:
         if not self.extra_metadata:
@@ -124,10 +133,13 @@ class _EnforceCallback(BaseCallbackHandler):
     """
 
     raise_error = True
-    run_inline = True
 
     def __init__(self, members: tuple[BudgetGuardCallback, ...]) -> None:
         self.members = members
+
+    @property
+    def run_inline(self) -> bool:  # type: ignore[override]
+        return all(m.run_inline for m in self.members)
 
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any

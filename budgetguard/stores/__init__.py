@@ -1,4 +1,8 @@
-"""Where budgets live, chosen by URL as in ``limits``: ``memory://`` (default)."""
+"""Where budgets live, chosen by URL as in ``limits``.
+
+``memory://`` (the default), ``redis://``, ``rediss://``, ``unix://``,
+``redis+cluster://`` and ``redis+sentinel://``.
+"""
 
 from __future__ import annotations
 
@@ -30,10 +34,25 @@ def store_from_url(url: str | None) -> Store:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "memory":
         return MemoryStore()
+    if scheme in _REDIS_SCHEMES:
+        from .redis import RedisStore
+
+        return RedisStore.from_url(url)
     raise ConfigError(
-        f"unknown store URL scheme in {_redact(url)!r}; use 'memory://' "
-        f"(set it in code with store=... or in ${ENV_VAR})"
+        f"unknown store URL scheme in {_redact(url)!r}; use 'memory://', 'redis://', 'rediss://', "
+        f"'unix://', 'redis+cluster://' or 'redis+sentinel://' (in code with store=... or in ${ENV_VAR})"
     )
+
+
+_REDIS_SCHEMES = {
+    "redis",
+    "rediss",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+}
 
 
 def _redact(url: str) -> str:

@@ -77,8 +77,12 @@ class Store(abc.ABC):
     def settle(self, req: SettleRequest) -> SettleOutcome: ...
 
     @abc.abstractmethod
-    def release(self, lease_id: str) -> bool:
-        """Drop a reservation without charging (the call never reached the provider)."""
+    def release(self, lease_id: str, counters: tuple[CounterRef, ...]) -> bool:
+        """Drop a reservation without charging (the call never reached the provider).
+
+        ``counters`` are the reservation's, in the same order (a store may file
+        the lease under the first one).
+        """
 
     @abc.abstractmethod
     def status(self, refs: Sequence[CounterRef]) -> list[CounterState]:
@@ -94,8 +98,8 @@ class Store(abc.ABC):
     async def asettle(self, req: SettleRequest) -> SettleOutcome:
         return self.settle(req)
 
-    async def arelease(self, lease_id: str) -> bool:
-        return self.release(lease_id)
+    async def arelease(self, lease_id: str, counters: tuple[CounterRef, ...]) -> bool:
+        return self.release(lease_id, counters)
 
     async def astatus(self, refs: Sequence[CounterRef]) -> list[CounterState]:
         return self.status(refs)

@@ -156,7 +156,7 @@ class MemoryStore(Store):
             self._later(now + self._tombstone_ttl, "settled", req.lease_id)
             return outcome
 
-    def release(self, lease_id: str) -> bool:
+    def release(self, lease_id: str, counters: tuple[CounterRef, ...] = ()) -> bool:
         with self._lock:
             self._sweep(self._clock())
             lease = self._leases.pop(lease_id, None)

@@ -1,0 +1,13 @@
+-- Zero a scope's counters in every period it has used (current windows; older ones expire).
+-- KEYS[1]: the scope's base. ARGV: now_us|'' scope
+local now = now_us(ARGV[1])
+local t = math.floor(now / 1000000)
+local scope = ARGV[2]
+local removed = 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1] .. 's')) do
+  local s, per = string.match(member, '^(.*)\t(%a+)$')
+  if s == scope then
+    removed = removed + redis.call('DEL', counter_key(KEYS[1], per, window_start(per, t), scope))
+  end
+end
+return removed
