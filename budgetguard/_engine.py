@@ -11,25 +11,28 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
-from .errors import BudgetExceeded, _usd
+from .errors import BudgetExceeded, BudgetStoreUnavailable, _usd
 from .estimate import estimate_input_tokens, estimate_text_tokens, max_output_tokens
 from .limits import DEFAULT_SCOPE, Limit, ScopeTemplate, as_datetime, window_end
 from .pricing import Price, Rates, resolve_rates
 from .reservation import Amount, Caps, CounterRef, CounterSpec, CounterState, Violation
+from .spool import Spool, encode_release, encode_reserve, encode_settle
 from .status import BudgetStatus, LimitStatus, row, to_usd
-from .stores.base import ReserveRequest, SettleRequest, Store
+from .stores.base import ReserveRequest, ReserveResult, SettleRequest, Store
 from .usage import TokenUsage, served_model, usage_from_message, usage_from_result
 
 logger = logging.getLogger("budgetguard")
+T = TypeVar("T")
 
 __all__ = ["CallRecord", "Engine", "DegradeRequired"]
 
@@ -67,6 +70,7 @@ class _Pending:
     chunks: int = 0
     out_seen: int = 0
     partial: TokenUsage | None = None
+    spooled: bool = False  # reserved in the spool (store down, fail-open): settle there too
     probe: bool = False  # pipe form: the reservation was a 1-unit probe, not an estimate
 
 
@@ -99,6 +103,8 @@ class Engine:
         lease_ttl: float,
         default_max_output_tokens: int,
         on_record: Callable[[CallRecord], None] | None,
+        on_store_error: str = "closed",
+        spool: Spool | None = None,
     ) -> None:
         self.limits = tuple(limits)
         self.store = store
@@ -107,6 +113,12 @@ class Engine:
         self.lease_ttl = lease_ttl
         self.default_max_output_tokens = default_max_output_tokens
         self.on_record = on_record
+        self.on_store_error = on_store_error
+        self._spooled_probes: set[str] = set()
+        self.spool = spool
+        self._down_until = 0.0  # a failed store is not asked again before this (monotonic)
+        if spool is not None and spool.pending():
+            spool.try_replay(store)  # what an earlier process left behind
         self._tag = os.urandom(4).hex()
         self._pending: dict[UUID, _Pending] = {}
         self._lock = threading.Lock()
@@ -176,13 +188,72 @@ class Engine:
         out = max_output_tokens(params, metadata, hint.profile_max, self.default_max_output_tokens)
         amount = Amount(rates.worst_nanos(inp, out), inp + out, 1)
         lease_id = f"{self._tag}-{run_id.hex}"
-        result = self.store.reserve(ReserveRequest(lease_id, plan.specs, amount, self.lease_ttl))
-        if not result.admitted:
-            raise self.refusal(plan, result.states, result.violation, amount, rates.model)
+        req = ReserveRequest(lease_id, plan.specs, amount, self.lease_ttl)
+        spooled = False
+        try:
+            result = self._reserve(req)
+        except BudgetStoreUnavailable:
+            if self.on_store_error != "open" or self.spool is None:
+                raise
+            self.spool.append(encode_reserve(req))  # fail open: the call goes ahead, on the record
+            spooled = True
+        else:
+            if not result.admitted:
+                raise self.refusal(plan, result.states, result.violation, amount, rates.model)
         with self._lock:
             self._pending[run_id] = _Pending(
-                lease_id, tuple(s.ref for s in plan.specs), amount, rates, provider, inp, out
+                lease_id, tuple(s.ref for s in plan.specs), amount, rates, provider, inp, out, spooled=spooled
             )
+
+    # ------------------------------------------------------------ store faults
+
+    def _guarded_call(self, fn: Callable[[], T]) -> T:
+        """Call the store, failing fast while it is known to be down; replay the spool once it is back."""
+        if self._down_until and time.monotonic() < self._down_until:
+            raise BudgetStoreUnavailable(repr(self.store), None)
+        try:
+            out = fn()
+        except BudgetStoreUnavailable:
+            self._down_until = time.monotonic() + getattr(self.store, "timeout", 1.0)
+            raise
+        self._down_until = 0.0
+        if self.spool is not None and self.spool.dirty:
+            self.spool.try_replay(self.store)
+        return out
+
+    def _reserve(self, req: ReserveRequest) -> ReserveResult:
+        return self._guarded_call(lambda: self.store.reserve(req))
+
+    def _settle_store(self, p: _Pending, req: SettleRequest) -> str:
+        """Settle, or spool the settle: a call that ran is never lost."""
+        if self.spool is not None and p.spooled:
+            self.spool.append(encode_settle(req))  # after its spooled reserve, in order
+            try:
+                self._guarded_call(lambda: None)
+            except BudgetStoreUnavailable:
+                pass
+            return "spooled"
+        try:
+            return self._guarded_call(lambda: self.store.settle(req))
+        except BudgetStoreUnavailable:
+            if self.spool is None:
+                raise
+            self.spool.append(encode_settle(req))
+            logger.warning(
+                "budgetguard: store unavailable; settle of %s spooled to %s", req.lease_id, self.spool.dir
+            )
+            return "spooled"
+
+    def _release(self, p: _Pending) -> None:
+        if self.spool is not None and p.spooled:
+            self.spool.append(encode_release(p.lease_id, p.refs))
+            return
+        try:
+            self._guarded_call(lambda: self.store.release(p.lease_id, p.refs))
+        except BudgetStoreUnavailable:
+            if self.spool is None:
+                raise
+            self.spool.append(encode_release(p.lease_id, p.refs))
 
     def refusal(
         self,
@@ -273,7 +344,7 @@ class Engine:
         if p is None:
             return None
         if p.chunks == 0 and not isinstance(error, GeneratorExit):
-            self.store.release(p.lease_id, p.refs)
+            self._release(p)
             return self._emit(p, TokenUsage(), 0, "released", p.rates.model)
         # Output began (or the consumer walked away): charge what was seen, and
         # the worst case for what was not, since the provider may have billed it.
@@ -302,8 +373,8 @@ class Engine:
             actual = Amount()
         else:
             actual = Amount(rates.nanos(usage), usage.total_tokens, 1)
-        outcome = self.store.settle(
-            SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=not p.probe)
+        outcome = self._settle_store(
+            p, SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=not p.probe)
         )
         if not p.probe and actual.exceeds(p.amount):
             logger.warning(
@@ -358,10 +429,18 @@ class Engine:
         actual = Amount(0, 0, 0) if usage.cache_hit else Amount(rates.nanos(usage), usage.total_tokens, 1)
         lease_id = f"{self._tag}-{os.urandom(12).hex()}"
         probe = Amount(1, 1, 1)
-        result = self.store.reserve(ReserveRequest(lease_id, plan.specs, probe, self.lease_ttl, force=True))
         refs = tuple(s.ref for s in plan.specs)
-        self.store.settle(SettleRequest(lease_id, refs, actual, usage.estimated, count_overshoot=False))
         p = _Pending(lease_id, refs, probe, rates, None, 0, 0, probe=True)
+        reserve = ReserveRequest(lease_id, plan.specs, probe, self.lease_ttl, force=True)
+        try:
+            result = self._reserve(reserve)
+        except BudgetStoreUnavailable:
+            if self.spool is None:
+                raise
+            self.spool.append(encode_reserve(reserve))  # the call already ran: record it later
+            p.spooled = True
+            result = ReserveResult(True, ())
+        self._settle_store(p, SettleRequest(lease_id, refs, actual, usage.estimated, count_overshoot=False))
         self._emit(p, usage, actual.nanos, "estimated" if usage.estimated else "settled", rates.model)
         if result.violation is not None and not result.violation.soft:
             return self.refusal(plan, _before(result.states, probe), result.violation, probe, rates.model)
@@ -372,7 +451,15 @@ class Engine:
         plan = self.plan(metadata)
         lease_id = f"{self._tag}-{os.urandom(12).hex()}"
         probe = Amount(1, 1, 1)
-        result = self.store.reserve(ReserveRequest(lease_id, plan.specs, probe, self.lease_ttl))
+        req = ReserveRequest(lease_id, plan.specs, probe, self.lease_ttl)
+        try:
+            result = self._reserve(req)
+        except BudgetStoreUnavailable:
+            if self.on_store_error != "open" or self.spool is None:
+                raise
+            self.spool.append(encode_reserve(req))
+            self._spooled_probes.add(lease_id)
+            return lease_id, plan
         if not result.admitted:
             raise self.refusal(plan, result.states, result.violation, probe, None)
         return lease_id, plan
@@ -380,14 +467,17 @@ class Engine:
     def settle_stream(
         self, lease_id: str, plan: _Plan, message: BaseMessage | None, model_hint: str | None
     ) -> CallRecord | None:
-        if message is None:
-            usage, served = TokenUsage(estimated=True), None
-        else:
-            usage, served = _message_usage(message)
+        refs = tuple(s.ref for s in plan.specs)
+        spooled = lease_id in self._spooled_probes
+        self._spooled_probes.discard(lease_id)
+        if message is None:  # the model failed before its first chunk: nothing was billed
+            self._release(
+                _Pending(lease_id, refs, Amount(1, 1, 1), _NO_RATES, None, 0, 0, spooled=spooled, probe=True)
+            )
+            return None
+        usage, served = _message_usage(message)
         rates = resolve_rates(served or model_hint or "", None, self.prices, self.default_price)
-        p = _Pending(
-            lease_id, tuple(s.ref for s in plan.specs), Amount(1, 1, 1), rates, None, 0, 0, probe=True
-        )
+        p = _Pending(lease_id, refs, Amount(1, 1, 1), rates, None, 0, 0, spooled=spooled, probe=True)
         return self._settle(p, usage, served)
 
     # ------------------------------------------------------------ operators
@@ -426,6 +516,9 @@ class Engine:
         plan, skipped = self.status_plan(metadata)
         states = await self.store.astatus([s.ref for s in plan.specs])
         return self.build_status(plan, states, skipped)
+
+
+_NO_RATES = Rates("", None, 0, (), 0)
 
 
 def _before(states: Sequence[CounterState], amount: Amount) -> list[CounterState]:

@@ -10,12 +10,13 @@ caller gets our exception object as is.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
@@ -31,6 +32,7 @@ from .errors import BudgetExceeded, ConfigError
 from .estimate import DEFAULT_MAX_OUTPUT_TOKENS
 from .limits import Limit
 from .pricing import Price
+from .spool import Spool
 from .status import BudgetStatus
 from .stores import Store, store_from_url
 
@@ -247,6 +249,9 @@ class BudgetGuard(Runnable[Any, Any]):
         default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
         model: str | None = None,
         on_record: Callable[[CallRecord], None] | None = None,
+        on_store_error: Literal["closed", "open"] = "closed",
+        store_timeout: float = 1.0,
+        spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         all_limits: list[Limit] = []
         if limit_usd is not None or limit_tokens is not None:
@@ -286,14 +291,24 @@ class BudgetGuard(Runnable[Any, Any]):
                 )
         if default_price is not None and not isinstance(default_price, Price):
             raise ConfigError("default_price must be a budgetguard.Price")
-        if store is None:
-            store = store_from_url(None)
-        elif isinstance(store, str):
-            store = store_from_url(store)
+        if on_store_error not in ("closed", "open"):
+            raise ConfigError(
+                "on_store_error must be 'closed' (refuse calls) or 'open' (allow and spool), "
+                f"got {on_store_error!r}"
+            )
+        if (
+            isinstance(store_timeout, bool)
+            or not isinstance(store_timeout, (int, float))
+            or not store_timeout > 0
+        ):
+            raise ConfigError(f"store_timeout must be a positive number of seconds, got {store_timeout!r}")
+        if store is None or isinstance(store, str):
+            store = store_from_url(store, timeout=float(store_timeout))
         elif not isinstance(store, Store):
             raise ConfigError(
                 f"store must be a budgetguard Store or a URL such as 'memory://', got {store!r}"
             )
+        spool = Spool(spool_dir) if (spool_dir is not None or store.blocking) else None
         self.engine = Engine(
             all_limits,
             store,
@@ -302,6 +317,8 @@ class BudgetGuard(Runnable[Any, Any]):
             lease_ttl=float(lease_ttl),
             default_max_output_tokens=default_max_output_tokens,
             on_record=on_record,
+            on_store_error=on_store_error,
+            spool=spool,
         )
         if fallback is None:
             self.fallbacks: tuple[Runnable[Any, Any], ...] = ()
@@ -379,6 +396,12 @@ class BudgetGuard(Runnable[Any, Any]):
 
     async def aremaining(self, **metadata: Any) -> BudgetStatus:
         return await self.engine.astatus(metadata)
+
+    def replay_spool(self) -> int:
+        """Replay spooled store writes now (done by itself once the store answers again)."""
+        if self.engine.spool is None:
+            return 0
+        return self.engine.spool.replay(self.store)
 
     def reset(self, scope: str = "global") -> int:
         """Zero a scope's counters (every period). Returns how many were reset."""

@@ -27,8 +27,11 @@ __all__ = [
 ENV_VAR = "BUDGETGUARD_STORE"
 
 
-def store_from_url(url: str | None) -> Store:
-    """Build a store from a URL; ``None`` reads ``$BUDGETGUARD_STORE``, else memory."""
+def store_from_url(url: str | None, *, timeout: float = 1.0) -> Store:
+    """Build a store from a URL; ``None`` reads ``$BUDGETGUARD_STORE``, else memory.
+
+    ``timeout`` bounds each operation of a network store, retries included.
+    """
     if url is None:
         url = os.environ.get(ENV_VAR) or "memory://"
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -37,7 +40,7 @@ def store_from_url(url: str | None) -> Store:
     if scheme in _REDIS_SCHEMES:
         from .redis import RedisStore
 
-        return RedisStore.from_url(url)
+        return RedisStore.from_url(url, timeout=timeout)
     raise ConfigError(
         f"unknown store URL scheme in {_redact(url)!r}; use 'memory://', 'redis://', 'rediss://', "
         f"'unix://', 'redis+cluster://' or 'redis+sentinel://' (in code with store=... or in ${ENV_VAR})"

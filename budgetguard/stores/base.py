@@ -80,6 +80,8 @@ class Store(abc.ABC):
     def release(self, lease_id: str, counters: tuple[CounterRef, ...]) -> bool:
         """Drop a reservation without charging (the call never reached the provider).
 
+        A lease that already expired (and was charged its estimate) is refunded.
+
         ``counters`` are the reservation's, in the same order (a store may file
         the lease under the first one).
         """

@@ -161,10 +161,15 @@ class MemoryStore(Store):
             self._sweep(self._clock())
             lease = self._leases.pop(lease_id, None)
             if lease is None:
-                return False
-            for key in lease.keys:
-                if key in self._counters:
-                    apply_release(self._counters[key], lease.amount)
+                expired = self._expired.pop(lease_id, None)
+                if expired is None:
+                    return False
+                for key in expired[0].keys:  # charged at expiry, but the call never ran: refund
+                    apply_settle(self._state(key), None, expired[0].amount, Amount(), False, False)
+            else:
+                for key in lease.keys:
+                    if key in self._counters:
+                        apply_release(self._counters[key], lease.amount)
             self._settled[lease_id] = self._clock()
             self._later(self._clock() + self._tombstone_ttl, "settled", lease_id)
             return True

@@ -3,6 +3,7 @@
 -- ARGV: now_us|'' lease_id act_n act_t act_r estimated count_overshoot tomb_s grace mode n
 --       then per counter: base_index scope per (used only for a lease this store never saw)
 -- Returns 'settled' | 'late' | 'unreserved' | 'replay' (settle); 'released' | 'none' (release).
+-- Releasing a lease that already expired refunds the estimate it was charged.
 local now = now_us(ARGV[1])
 local now_ms = math.floor(now / 1000)
 local t = math.floor(now / 1000000)
@@ -53,9 +54,12 @@ if f[1] then
   return 'settled'
 end
 
-if mode == 'release' then return 'none' end
-
 local x = redis.call('HMGET', xkey, 'n', 't', 'r', 'k')
+if mode == 'release' then
+  if not x[1] then return 'none' end
+  act = {0, 0, 0}  -- expired and charged, but the call never ran: refund the estimate
+  count_over, estimated = false, false
+end
 if x[1] then
   -- expired earlier and charged its estimate: replace that charge by the actual
   local amt = {tonumber(x[1]), tonumber(x[2]), tonumber(x[3])}
@@ -76,6 +80,7 @@ if x[1] then
   end
   redis.call('DEL', xkey)
   done()
+  if mode == 'release' then return 'released' end
   return 'late'
 end
 

@@ -1,0 +1,216 @@
+"""A local, fsync'ed, append-only record of store writes that could not be made.
+
+When the store is unreachable, reservations (with ``on_store_error="open"``)
+and settlements (always: a call that ran must never be lost) are appended
+here, one JSON line each, and fsync'ed before the guard goes on. Once the
+store answers again the lines are replayed; every store operation is
+idempotent by lease id, so a line replayed twice counts once. Each process
+writes its own file; any process replays any file, under an exclusive
+``flock``, so a restarted process replays what an earlier one left.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import BudgetStoreUnavailable, ConfigError
+from .reservation import Amount, Caps, CounterRef, CounterSpec
+from .stores.base import ReserveRequest, SettleRequest, Store
+
+__all__ = ["Spool", "default_spool_dir"]
+
+logger = logging.getLogger("budgetguard")
+
+ENV_VAR = "BUDGETGUARD_SPOOL_DIR"
+
+
+def default_spool_dir() -> Path:
+    """``$BUDGETGUARD_SPOOL_DIR``, else ``<tmp>/budgetguard-spool`` (set a durable one in production)."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else Path(tempfile.gettempdir()) / "budgetguard-spool"
+
+
+def _caps(c: Caps | None) -> list[int | None] | None:
+    return None if c is None else list(c)
+
+
+def encode_reserve(req: ReserveRequest) -> dict[str, Any]:
+    return {
+        "op": "reserve",
+        "lease": req.lease_id,
+        "counters": [[s.ref.scope, s.ref.per, _caps(s.caps), _caps(s.soft)] for s in req.counters],
+        "amount": list(req.amount),
+        "ttl": req.ttl,
+    }
+
+
+def encode_settle(req: SettleRequest) -> dict[str, Any]:
+    return {
+        "op": "settle",
+        "lease": req.lease_id,
+        "counters": [[r.scope, r.per] for r in req.counters],
+        "actual": list(req.actual),
+        "estimated": req.estimated,
+        "overshoot": req.count_overshoot,
+    }
+
+
+def encode_release(lease_id: str, counters: tuple[CounterRef, ...]) -> dict[str, Any]:
+    return {"op": "release", "lease": lease_id, "counters": [[r.scope, r.per] for r in counters]}
+
+
+def apply(store: Store, entry: dict[str, Any]) -> None:
+    """Replay one spooled line against ``store`` (idempotent)."""
+    op = entry["op"]
+    if op == "reserve":
+        specs = tuple(
+            CounterSpec(CounterRef(scope, per), Caps(*caps), None if soft is None else Caps(*soft))
+            for scope, per, caps, soft in entry["counters"]
+        )
+        # force: the call went ahead, so its reservation is recorded whatever the caps say
+        store.reserve(
+            ReserveRequest(entry["lease"], specs, Amount(*entry["amount"]), entry["ttl"], force=True)
+        )
+    elif op == "settle":
+        refs = tuple(CounterRef(scope, per) for scope, per in entry["counters"])
+        store.settle(
+            SettleRequest(
+                entry["lease"], refs, Amount(*entry["actual"]), entry["estimated"], entry["overshoot"]
+            )
+        )
+    elif op == "release":
+        store.release(entry["lease"], tuple(CounterRef(s, p) for s, p in entry["counters"]))
+    else:
+        raise ValueError(f"unknown spool op {op!r}")
+
+
+class Spool:
+    """This process's spool file in ``directory``, and the replay of every file there."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        self.dir = Path(directory) if directory is not None else default_spool_dir()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                f"spool_dir {str(self.dir)!r} cannot be created ({e}); pass a writable spool_dir="
+            ) from e
+        if not os.access(self.dir, os.W_OK):
+            raise ConfigError(f"spool_dir {str(self.dir)!r} is not writable; pass a writable spool_dir=")
+        self.path = self.dir / f"spool-{os.getpid()}-{os.urandom(4).hex()}.jsonl"
+        self._lock = threading.Lock()
+        self.dirty = False  # this process wrote lines not yet replayed
+
+    def __repr__(self) -> str:
+        return f"Spool({str(self.dir)!r})"
+
+    def append(self, entry: dict[str, Any]) -> None:
+        """Append one line and fsync it before returning."""
+        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)  # closing releases the lock
+            self.dirty = True
+
+    def files(self) -> list[Path]:
+        return sorted(self.dir.glob("spool-*.jsonl"))
+
+    def pending(self) -> int:
+        """Lines waiting in every file of the directory."""
+        total = 0
+        for path in self.files():
+            try:
+                total += sum(1 for _ in path.open("rb"))
+            except FileNotFoundError:
+                continue
+        return total
+
+    def replay(self, store: Store) -> int:
+        """Replay every file; returns the lines applied. Stops (keeping the rest) if the store fails."""
+        applied = 0
+        with self._lock:
+            for path in self.files():
+                try:
+                    fd = os.open(path, os.O_RDWR)
+                except FileNotFoundError:
+                    continue
+                try:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # another process is replaying or writing it
+                    lines = list(_lines(fd))
+                    done = 0
+                    try:
+                        for entry in lines:
+                            apply(store, entry)
+                            done += 1
+                    finally:
+                        _keep(fd, lines[done:])
+                        applied += done
+                    if not lines[done:] and path != self.path and not _alive(path):
+                        path.unlink(missing_ok=True)
+                finally:
+                    os.close(fd)
+            self.dirty = False
+        if applied:
+            logger.info("budgetguard: replayed %d spooled store writes", applied)
+        return applied
+
+    def try_replay(self, store: Store) -> int:
+        try:
+            return self.replay(store)
+        except BudgetStoreUnavailable:
+            self.dirty = True
+            return 0
+
+
+def _lines(fd: int) -> Iterator[dict[str, Any]]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = b""
+    while chunk := os.read(fd, 1 << 16):
+        data += chunk
+    for raw in data.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            yield json.loads(raw)
+        except ValueError:
+            logger.error("budgetguard: skipped a corrupt spool line: %r", raw[:200])
+
+
+def _keep(fd: int, rest: list[dict[str, Any]]) -> None:
+    """Rewrite the file with the lines not yet applied (under the lock)."""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    if rest:
+        os.write(fd, b"".join((json.dumps(e, separators=(",", ":")) + "\n").encode() for e in rest))
+    os.fsync(fd)
+
+
+def _alive(path: Path) -> bool:
+    """Whether the process that owns a spool file still runs."""
+    try:
+        pid = int(path.name.split("-")[1])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
