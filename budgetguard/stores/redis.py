@@ -23,6 +23,7 @@ from redis.asyncio.cluster import ClusterNode as AClusterNode
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from tenacity import (
@@ -156,6 +157,21 @@ class RedisStore(Store):
         Socket connect/read timeouts are a third of ``timeout`` so that the
         retries still fit in it; redis-py's own retries are off (ours bound them).
         """
+        try:
+            return cls._from_url(url, timeout=timeout, max_connections=max_connections, **options)
+        except ValueError as e:
+            if isinstance(e, ConfigError):
+                raise
+            from . import _redact
+
+            raise ConfigError(
+                f"bad Redis URL {_redact(url)!r} ({e}); expected e.g. redis://[user:password@]host:6379/0"
+            ) from None
+
+    @classmethod
+    def _from_url(cls, url: str, *, timeout: float, max_connections: int, **options: Any) -> RedisStore:
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         sock = max(timeout / 3, 0.05)
@@ -183,14 +199,17 @@ class RedisStore(Store):
             nodes = _hosts(parts.netloc, 6379)
             auth = _auth(parts)
             ssl = scheme.startswith("rediss")
-            sync = redis.RedisCluster(
-                startup_nodes=[ClusterNode(h, p) for h, p in nodes],  # type: ignore[no-untyped-call]
-                connection_pool_class=redis.BlockingConnectionPool,
-                max_connections=max_connections,
-                ssl=ssl,
-                **auth,
-                **common,
-            )
+            try:
+                sync = redis.RedisCluster(
+                    startup_nodes=[ClusterNode(h, p) for h, p in nodes],  # type: ignore[no-untyped-call]
+                    connection_pool_class=redis.BlockingConnectionPool,
+                    max_connections=max_connections,
+                    ssl=ssl,
+                    **auth,
+                    **common,
+                )
+            except (RedisClusterException, *_TRANSIENT) as e:
+                raise BudgetStoreUnavailable("redis+cluster", e) from None
             asy = aredis.RedisCluster(
                 startup_nodes=[AClusterNode(h, p) for h, p in nodes],
                 max_connections=max_connections,
