@@ -92,8 +92,7 @@ class CounterRef(NamedTuple):
     per: str
 
 
-@dataclass(frozen=True, slots=True)
-class CounterSpec:
+class CounterSpec(NamedTuple):
     """A counter with the caps a reservation must fit, and optional soft caps (degrade)."""
 
     ref: CounterRef

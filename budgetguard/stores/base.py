@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from ..reservation import Amount, CounterRef, CounterSpec, CounterState, Violation
 
@@ -25,8 +24,7 @@ __all__ = [
 SettleOutcome = Literal["settled", "replay", "late", "unreserved"]
 
 
-@dataclass(frozen=True, slots=True)
-class ReserveRequest:
+class ReserveRequest(NamedTuple):
     """Reserve ``amount`` on every counter, all or nothing, under lease ``lease_id``.
 
     ``force`` records the lease even if a cap would break (for usage that
@@ -40,16 +38,14 @@ class ReserveRequest:
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ReserveResult:
+class ReserveResult(NamedTuple):
     admitted: bool
     #: counter states, filled when refused or forced (they explain the refusal)
-    states: tuple[CounterState, ...]
+    states: tuple[CounterState, ...] = ()
     violation: Violation | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SettleRequest:
+class SettleRequest(NamedTuple):
     """Replace lease ``lease_id`` by ``actual``, exactly once.
 
     ``counters`` lets a store record usage for a lease it never saw (or no
