@@ -48,7 +48,7 @@ class MemoryStore(Store):
 
     blocking = False
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, tombstone_ttl: float = 7 * 86400) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, tombstone_ttl: float = 86400) -> None:
         self._clock = clock
         self._tombstone_ttl = tombstone_ttl
         self._lock = threading.Lock()

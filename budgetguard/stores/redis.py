@@ -103,7 +103,7 @@ class RedisStore(Store):
         clock: Callable[[], float] = time.time,
         timeout: float = 1.0,
         attempts: int = 3,
-        tombstone_ttl: int = 7 * 86400,
+        tombstone_ttl: int = 86400,
         grace: int = 86400,
         cluster: bool | None = None,
         label: str | None = None,
@@ -136,6 +136,7 @@ class RedisStore(Store):
             {k: async_client.register_script(v) for k, v in _SOURCES.items()} if async_client else {}
         )
         self._roots_seen: set[str] = set()
+        self._tails: dict[tuple[Any, ...], tuple[list[str], list[bytes]]] = {}
 
     def __repr__(self) -> str:
         return f"RedisStore({self.label}, prefix={self.prefix!r})"  # never the URL: it may hold a password
@@ -271,6 +272,10 @@ class RedisStore(Store):
         if not self._sync_scripts:
             raise ConfigError("this RedisStore has only an asyncio client; pass client= for sync calls")
         script = self._sync_scripts[name]
+        try:  # the common case: one attempt, no retry machinery
+            return script(keys=keys, args=args)
+        except _TRANSIENT:
+            pass
         try:
             for attempt in self._retrying():
                 with attempt:
@@ -283,6 +288,10 @@ class RedisStore(Store):
         if not self._async_scripts:
             return await asyncio.to_thread(self._call, name, keys, args)
         script = self._async_scripts[name]
+        try:
+            return await script(keys=keys, args=args)
+        except _TRANSIENT:
+            pass
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_delay(self.timeout) | stop_after_attempt(self.attempts),
@@ -298,10 +307,27 @@ class RedisStore(Store):
 
     # ------------------------------------------------------------ arguments
 
+    def _reserve_tail(self, counters: tuple[Any, ...]) -> tuple[list[str], list[bytes]]:
+        """The arguments that depend only on the counters, encoded once and cached."""
+        cached = self._tails.get(counters)
+        if cached is not None:
+            return cached
+        bases, index = self._bases([s.ref.scope for s in counters])
+        tail: list[Any] = [self.tombstone_ttl, self.grace]
+        for spec, i in zip(counters, index, strict=True):
+            soft = spec.soft
+            tail += [i, spec.ref.scope, spec.ref.per, *map(_cap, spec.caps)]
+            tail += [*(map(_cap, soft) if soft is not None else ("", "", ""))]
+        encoded = (bases, [str(v).encode() for v in tail])
+        if len(self._tails) > 10_000:
+            self._tails.clear()
+        self._tails[counters] = encoded
+        return encoded
+
     def _reserve_args(self, req: ReserveRequest) -> tuple[list[str], list[Any]]:
-        bases, index = self._bases([s.ref.scope for s in req.counters])
+        bases, tail = self._reserve_tail(req.counters)
         a = req.amount
-        args: list[Any] = [
+        head: list[Any] = [
             self._now(),
             req.lease_id,
             int(req.ttl * 1000),
@@ -310,14 +336,8 @@ class RedisStore(Store):
             a.nanos,
             a.tokens,
             a.requests,
-            self.tombstone_ttl,
-            self.grace,
         ]
-        for spec, i in zip(req.counters, index, strict=True):
-            soft = spec.soft
-            args += [i, spec.ref.scope, spec.ref.per, *map(_cap, spec.caps)]
-            args += [*(map(_cap, soft) if soft is not None else ("", "", ""))]
-        return bases, args
+        return bases, head + tail
 
     @staticmethod
     def _reserve_result(reply: Sequence[Any]) -> ReserveResult:
@@ -380,7 +400,10 @@ class RedisStore(Store):
             new = [b for b in keys if b not in self._roots_seen]
             if new:
                 self._roots_seen.update(new)
-                await self.async_client.sadd(f"{self.prefix}roots", *new)
+                try:
+                    await self.async_client.sadd(f"{self.prefix}roots", *new)
+                except _TRANSIENT:
+                    self._roots_seen.difference_update(new)  # listing only; retry next time
         return result
 
     def settle(self, req: SettleRequest) -> SettleOutcome:

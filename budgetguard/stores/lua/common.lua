@@ -3,7 +3,7 @@
 -- Key schema, under a base `<prefix>{<root scope>}:` (one Cluster slot per root):
 --   c:<per>:<window start>:<scope>  counter hash: sn st sr (spent) rn rt rr (reserved)
 --                                    oc on ot orq (overshoots) ec (estimated settles)
---   l:<lease id>   live lease hash: n t r (amount) exp (ms) k (counter keys, "\n"-joined)
+--   l:<lease id>   live lease hash: n t r (amount) exp (ms) k (counter keys, a JSON array)
 --   lx             zset of live lease ids by expiry (ms)
 --   x:<lease id>   an expired lease, kept to reconcile a late settle
 --   d:<lease id>   settled/released marker (replays are no-ops)
@@ -76,32 +76,38 @@ end
 
 -- Forget a window's counter `grace` seconds after it closes.
 local function touch(ck, grace)
-  local per, ws = string.match(ck, ':c:(%a+):(%d+):')
+  -- anchored on the tag's closing brace: braces in scopes are percent-encoded, so a crafted
+  -- scope cannot fake a period here
+  local per, ws = string.match(ck, '}:c:(%a+):(%d+):')
   if per and per ~= 'lifetime' then
     redis.call('EXPIREAT', ck, I(window_end(per, tonumber(ws)) + grace))
   end
 end
 
+-- The counter's values, and whether it is new (no field set yet).
 local function read_state(ck)
   local v = redis.call('HMGET', ck, unpack(FIELDS))
-  local out = {}
-  for i = 1, #FIELDS do out[i] = tonumber(v[i] or '0') or 0 end
-  return out
+  local out, fresh = {}, true
+  for i = 1, #FIELDS do
+    if v[i] then fresh = false end
+    out[i] = tonumber(v[i] or '0') or 0
+  end
+  return out, fresh
 end
 
 local function add(ck, field, delta)
   if delta ~= 0 then redis.call('HINCRBY', ck, field, I(delta)) end
 end
 
--- reserved -= amount, never below zero
+-- reserved -= amount, never below zero (it can only dip after a reset)
 local function unreserve(ck, n, t, r)
-  local cur = redis.call('HMGET', ck, 'rn', 'rt', 'rr')
   local vals = {n, t, r}
   local names = {'rn', 'rt', 'rr'}
   for i = 1, 3 do
-    local v = (tonumber(cur[i] or '0') or 0) - vals[i]
-    if v < 0 then v = 0 end
-    redis.call('HSET', ck, names[i], I(v))
+    if vals[i] ~= 0 then
+      local v = redis.call('HINCRBY', ck, names[i], I(-vals[i]))
+      if v < 0 then redis.call('HSET', ck, names[i], 0) end
+    end
   end
 end
 
@@ -114,7 +120,7 @@ local function sweep(base, now_ms, tomb_s, grace)
     local f = redis.call('HMGET', lkey, 'n', 't', 'r', 'k')
     if f[1] then
       local n, t, r = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
-      for ck in string.gmatch(f[4], '[^\n]+') do
+      for _, ck in ipairs(cjson.decode(f[4])) do
         unreserve(ck, n, t, r)
         add(ck, 'sn', n); add(ck, 'st', t); add(ck, 'sr', r); add(ck, 'ec', 1)
         touch(ck, grace)

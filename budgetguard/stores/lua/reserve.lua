@@ -9,7 +9,7 @@ local now_ms = math.floor(now / 1000)
 local t = math.floor(now / 1000000)
 local lease_id, ttl_ms, force, n = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1', tonumber(ARGV[5])
 local amount = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}
-local tomb_s, grace = tonumber(ARGV[9]), tonumber(ARGV[10])
+local tomb_s, grace = tonumber(ARGV[9]), tonumber(ARGV[10])  -- then the counters, from ARGV[11]
 for i = 1, #KEYS do sweep(KEYS[i], now_ms, tomb_s, grace) end
 
 local lbase = KEYS[1]
@@ -24,10 +24,11 @@ for i = 1, n do
   local scope, per = ARGV[o + 2], ARGV[o + 3]
   local ws = window_start(per, t)
   keys[i] = counter_key(base, per, ws, scope)
-  states[i] = {ws, read_state(keys[i])}
+  local st, fresh = read_state(keys[i])
+  states[i] = {ws, st}
   caps[i] = {opt(ARGV[o + 4]), opt(ARGV[o + 5]), opt(ARGV[o + 6])}
   softs[i] = {opt(ARGV[o + 7]), opt(ARGV[o + 8]), opt(ARGV[o + 9])}
-  members[i] = {base, scope .. '\t' .. per}
+  members[i] = fresh and {base, scope .. '\t' .. per} or false
 end
 
 -- THE refusal rule: spent + reserved + request > cap. Hard caps first, then soft ones.
@@ -55,14 +56,21 @@ if vi ~= 0 and not force then return report(0) end
 
 for i = 1, n do
   add(keys[i], 'rn', amount[1]); add(keys[i], 'rt', amount[2]); add(keys[i], 'rr', amount[3])
-  redis.call('HSETNX', keys[i], 'sn', 0)
-  touch(keys[i], grace)
-  redis.call('SADD', members[i][1] .. 's', members[i][2])
+  if members[i] then  -- a new counter: expire it after its window, list its scope
+    if amount[1] == 0 and amount[2] == 0 and amount[3] == 0 then redis.call('HSET', keys[i], 'rn', 0) end
+    touch(keys[i], grace)
+    redis.call('SADD', members[i][1] .. 's', members[i][2])
+  end
 end
 local lkey = lbase .. 'l:' .. lease_id
 redis.call('HSET', lkey, 'n', I(amount[1]), 't', I(amount[2]), 'r', I(amount[3]),
-  'exp', I(now_ms + ttl_ms), 'k', table.concat(keys, '\n'))
+  'exp', I(now_ms + ttl_ms), 'k', cjson.encode(keys))
 redis.call('PEXPIRE', lkey, I(ttl_ms + tomb_s * 1000))
 redis.call('ZADD', lbase .. 'lx', I(now_ms + ttl_ms), lease_id)
-if force then return report(1) end
+if force then  -- report the states after the reservation, as for a refusal's "before" + request
+  for i = 1, n do
+    for q = 1, 3 do states[i][2][q + 3] = states[i][2][q + 3] + amount[q] end
+  end
+  return report(1)
+end
 return {1}

@@ -38,7 +38,7 @@ end
 local f = redis.call('HMGET', lkey, 'n', 't', 'r', 'k')
 if f[1] then
   local amt = {tonumber(f[1]), tonumber(f[2]), tonumber(f[3])}
-  for ck in string.gmatch(f[4], '[^\n]+') do
+  for _, ck in ipairs(cjson.decode(f[4])) do
     unreserve(ck, amt[1], amt[2], amt[3])
     if mode ~= 'release' then
       add(ck, 'sn', act[1]); add(ck, 'st', act[2]); add(ck, 'sr', act[3])
@@ -64,7 +64,7 @@ if x[1] then
   -- expired earlier and charged its estimate: replace that charge by the actual
   local amt = {tonumber(x[1]), tonumber(x[2]), tonumber(x[3])}
   local names = {'sn', 'st', 'sr'}
-  for ck in string.gmatch(x[4], '[^\n]+') do
+  for _, ck in ipairs(cjson.decode(x[4])) do
     local cur = redis.call('HMGET', ck, 'sn', 'st', 'sr', 'ec')
     for q = 1, 3 do
       local v = (tonumber(cur[q] or '0') or 0) - amt[q] + act[q]
