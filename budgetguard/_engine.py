@@ -192,8 +192,12 @@ class Engine:
         spooled = False
         try:
             result = self._reserve(req)
-        except BudgetStoreUnavailable:
-            if self.on_store_error != "open" or self.spool is None:
+        except BudgetStoreUnavailable as exc:
+            if self.spool is None:
+                raise
+            if self.on_store_error != "open":
+                if exc.sent:  # the reserve may still land (a stall): close it once the store is back
+                    self.spool.append(encode_release(lease_id, tuple(s.ref for s in plan.specs)))
                 raise
             self.spool.append(encode_reserve(req))  # fail open: the call goes ahead, on the record
             spooled = True
@@ -207,19 +211,35 @@ class Engine:
 
     # ------------------------------------------------------------ store faults
 
+    def _is_down(self) -> bool:
+        return bool(self._down_until) and time.monotonic() < self._down_until
+
+    def _mark_down(self) -> None:
+        self._down_until = time.monotonic() + getattr(self.store, "timeout", 1.0)
+
     def _guarded_call(self, fn: Callable[[], T]) -> T:
         """Call the store, failing fast while it is known to be down; replay the spool once it is back."""
-        if self._down_until and time.monotonic() < self._down_until:
-            raise BudgetStoreUnavailable(repr(self.store), None)
+        if self._is_down():
+            raise BudgetStoreUnavailable(
+                repr(self.store), None, problem="is down (it failed moments ago)", sent=False
+            )
         try:
             out = fn()
         except BudgetStoreUnavailable:
-            self._down_until = time.monotonic() + getattr(self.store, "timeout", 1.0)
+            self._mark_down()
             raise
         self._down_until = 0.0
-        if self.spool is not None and self.spool.dirty:
-            self.spool.try_replay(self.store)
+        self._maybe_replay()
         return out
+
+    def _maybe_replay(self) -> None:
+        if self.spool is None or not self.spool.dirty or self._is_down():
+            return
+        try:
+            self.spool.replay(self.store)
+        except BudgetStoreUnavailable:
+            self.spool.dirty = True
+            self._mark_down()
 
     def _reserve(self, req: ReserveRequest) -> ReserveResult:
         return self._guarded_call(lambda: self.store.reserve(req))
@@ -228,10 +248,7 @@ class Engine:
         """Settle, or spool the settle: a call that ran is never lost."""
         if self.spool is not None and p.spooled:
             self.spool.append(encode_settle(req))  # after its spooled reserve, in order
-            try:
-                self._guarded_call(lambda: None)
-            except BudgetStoreUnavailable:
-                pass
+            self._maybe_replay()
             return "spooled"
         try:
             return self._guarded_call(lambda: self.store.settle(req))

@@ -26,14 +26,17 @@ class BudgetError(Exception):
 class BudgetStoreUnavailable(BudgetError):
     """The budget store could not be reached in time; the model was not called."""
 
-    def __init__(self, store: str, cause: BaseException | None = None) -> None:
+    def __init__(
+        self, store: str, cause: BaseException | None = None, *, problem: str | None = None, sent: bool = True
+    ) -> None:
         self.store = store
+        #: False when nothing was sent (the store was known to be down), so nothing can land late.
+        self.sent = sent
         why = f": {type(cause).__name__}" if cause is not None else ""
-        super().__init__(
-            f"Budget store {store} did not answer in time{why}. The call was not made "
-            "(budgets fail closed). Check that the store is up and reachable, or raise the "
-            "store's timeout."
+        what = problem or (
+            f"did not answer in time{why}. Check that the store is up and reachable, or raise store_timeout"
         )
+        super().__init__(f"Budget store {store} {what}. The call was not made (budgets fail closed).")
 
 
 class ConfigError(BudgetError, ValueError):

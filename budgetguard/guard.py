@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
@@ -32,7 +33,7 @@ from .errors import BudgetExceeded, ConfigError
 from .estimate import DEFAULT_MAX_OUTPUT_TOKENS
 from .limits import Limit
 from .pricing import Price
-from .spool import Spool
+from .spool import Spool, default_spool_dir
 from .status import BudgetStatus
 from .stores import Store, store_from_url
 
@@ -308,7 +309,9 @@ class BudgetGuard(Runnable[Any, Any]):
             raise ConfigError(
                 f"store must be a budgetguard Store or a URL such as 'memory://', got {store!r}"
             )
-        spool = Spool(spool_dir) if (spool_dir is not None or store.blocking) else None
+        spool = None
+        if spool_dir is not None or store.blocking:
+            spool = Spool(Path(spool_dir or default_spool_dir()) / store.spool_key)
         self.engine = Engine(
             all_limits,
             store,

@@ -106,7 +106,8 @@ class Spool:
         if not os.access(self.dir, os.W_OK):
             raise ConfigError(f"spool_dir {str(self.dir)!r} is not writable; pass a writable spool_dir=")
         self.path = self.dir / f"spool-{os.getpid()}-{os.urandom(4).hex()}.jsonl"
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # this process's appends
+        self._replaying = threading.Lock()  # one replay at a time; appends need not wait for it
         self.dirty = False  # this process wrote lines not yet replayed
 
     def __repr__(self) -> str:
@@ -141,7 +142,8 @@ class Spool:
     def replay(self, store: Store) -> int:
         """Replay every file; returns the lines applied. Stops (keeping the rest) if the store fails."""
         applied = 0
-        with self._lock:
+        with self._replaying:
+            self.dirty = False  # lines appended from now on set it again
             for path in self.files():
                 try:
                     fd = os.open(path, os.O_RDWR)
@@ -165,7 +167,6 @@ class Spool:
                         path.unlink(missing_ok=True)
                 finally:
                     os.close(fd)
-            self.dirty = False
         if applied:
             logger.info("budgetguard: replayed %d spooled store writes", applied)
         return applied
@@ -176,6 +177,9 @@ class Spool:
         except BudgetStoreUnavailable:
             self.dirty = True
             return 0
+        except BaseException:
+            self.dirty = True
+            raise
 
 
 def _lines(fd: int) -> Iterator[dict[str, Any]]:

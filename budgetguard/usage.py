@@ -171,9 +171,9 @@ def _consistent(u: TokenUsage) -> TokenUsage:
     cached = u.cache_read + u.cache_write
     if cached + u.input_audio > u.input_tokens:
         # Some paths report input *excluding* cache; charge the larger reading.
-        return u._replace(input_tokens=u.input_tokens + cached + u.input_audio, estimated=True)
+        u = u._replace(input_tokens=u.input_tokens + cached + u.input_audio, estimated=True)
     if u.reasoning + u.output_audio > u.output_tokens:
-        return u._replace(output_tokens=u.output_tokens + u.reasoning + u.output_audio, estimated=True)
+        u = u._replace(output_tokens=u.output_tokens + u.reasoning + u.output_audio, estimated=True)
     return u
 
 

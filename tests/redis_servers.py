@@ -7,7 +7,6 @@ restart, flush or cluster. A missing redis-server binary FAILS the test.
 from __future__ import annotations
 
 import contextlib
-
 import shutil
 import signal
 import socket
@@ -69,12 +68,18 @@ class RedisServer:
     def start(self) -> RedisServer:
         args = [
             redis_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.dir),
-            "--protected-mode", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--protected-mode",
+            "no",
             *self.extra,
         ]
         if self.cluster:
@@ -85,10 +90,10 @@ class RedisServer:
             try:
                 if redis.Redis(port=self.port, socket_timeout=0.5).ping():
                     return self
+            except (redis.AuthenticationError, redis.ResponseError):  # AUTH required: it is up
+                return self
             except (redis.ConnectionError, redis.TimeoutError):
                 pass
-            except redis.ResponseError:  # e.g. AUTH required: it is up
-                return self
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server on port {self.port} did not start")
             time.sleep(0.02)
@@ -150,6 +155,3 @@ def running(server: RedisServer):  # type: ignore[no-untyped-def]
         yield server
     finally:
         server.stop()
-
-
-

@@ -66,4 +66,5 @@ def _redact(url: str) -> str:
         if ":" in creds:
             user = creds.split(":", 1)[0]
             return f"{scheme}://{user}:***@{host}"
+        return f"{scheme}://***@{host}"  # a lone user-info is read as a password
     return url

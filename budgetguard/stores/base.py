@@ -65,6 +65,8 @@ class Store(abc.ABC):
 
     #: True if calls may block on I/O (then async paths must use the ``a*`` twins).
     blocking: bool = True
+    #: Names the data this store holds, so a spool is replayed only into the store it was written for.
+    spool_key: str = "default"
 
     @abc.abstractmethod
     def reserve(self, req: ReserveRequest) -> ReserveResult: ...

@@ -89,9 +89,8 @@ class MemoryStore(Store):
             if lease is None or lease.expires_at > now:
                 continue
             del self._leases[lease_id]
-            for key in lease.keys:
-                if key in self._counters:
-                    apply_expire(self._counters[key], lease.amount)
+            for key in lease.keys:  # charged even if the counter was reset meanwhile
+                apply_expire(self._state(key), lease.amount)
             self._expired[lease_id] = (lease, now)
             self._later(now + self._tombstone_ttl, "expired", lease_id)
         gc = self._gc_heap
@@ -110,7 +109,7 @@ class MemoryStore(Store):
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            if req.lease_id in self._leases or req.lease_id in self._settled:
+            if req.lease_id in self._leases or req.lease_id in self._settled or req.lease_id in self._expired:
                 # a replayed reserve: the lease exists (or was closed) already; never reserve twice
                 return ReserveResult(True, (), None)
             keys = tuple(self._key(spec.ref, now) for spec in req.counters)
@@ -163,6 +162,9 @@ class MemoryStore(Store):
             if lease is None:
                 expired = self._expired.pop(lease_id, None)
                 if expired is None:
+                    # remember it: a reserve that arrives late (after a timeout) must not reserve
+                    self._settled[lease_id] = self._clock()
+                    self._later(self._clock() + self._tombstone_ttl, "settled", lease_id)
                     return False
                 for key in expired[0].keys:  # charged at expiry, but the call never ran: refund
                     apply_settle(self._state(key), None, expired[0].amount, Amount(), False, False)

@@ -22,15 +22,15 @@ import redis.asyncio as aredis
 from redis.asyncio.cluster import ClusterNode as AClusterNode
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from tenacity import (
     AsyncRetrying,
     RetryError,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
     wait_exponential,
@@ -44,7 +44,14 @@ __all__ = ["RedisStore"]
 
 T = TypeVar("T")
 _QUANTITY = ("nanos", "tokens", "requests")
+_REFUSED = (AuthenticationError, NoPermissionError)  # not transient: never retried
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _retryable(e: BaseException) -> bool:
+    return isinstance(e, _TRANSIENT) and not isinstance(e, _REFUSED)
+
+
 _WIDTH = 12  # values per counter in script replies
 
 
@@ -136,6 +143,7 @@ class RedisStore(Store):
             {k: async_client.register_script(v) for k, v in _SOURCES.items()} if async_client else {}
         )
         self._roots_seen: set[str] = set()
+        self.spool_key = _spool_key(client if client is not None else async_client, prefix, self.label)
         self._tails: dict[tuple[Any, ...], tuple[list[str], list[bytes]]] = {}
 
     def __repr__(self) -> str:
@@ -183,6 +191,11 @@ class RedisStore(Store):
             "health_check_interval": 0,
         }
         if scheme in ("redis", "rediss", "unix"):
+            db_text = parse_qs(parts.query).get("db", [parts.path.strip("/") if scheme != "unix" else ""])[0]
+            if db_text and not db_text.isdigit():
+                raise ConfigError(
+                    f"bad Redis database {db_text!r} in the URL; expected e.g. redis://[user:password@]host:6379/0"
+                )
             pool = redis.BlockingConnectionPool.from_url(
                 url, max_connections=max_connections, timeout=timeout, **common
             )
@@ -226,7 +239,10 @@ class RedisStore(Store):
             nodes = _hosts(parts.netloc, 26379)
             service = unquote(parts.path.strip("/")) or "mymaster"
             query = parse_qs(parts.query)
-            db = int(query.get("db", ["0"])[0])
+            db_text = query.get("db", ["0"])[0]
+            if not db_text.isdigit():
+                raise ConfigError(f"bad Redis database {db_text!r} in the URL; use ?db=<number>")
+            db = int(db_text)
             auth = _auth(parts)
             skw = {"socket_timeout": sock, "socket_connect_timeout": sock}
             sentinel = Sentinel(nodes, sentinel_kwargs=skw, **common)  # type: ignore[no-untyped-call]
@@ -260,11 +276,11 @@ class RedisStore(Store):
             )
         return bases, index
 
-    def _retrying(self) -> Retrying:
+    def _retrying(self, budget: float, attempts: int) -> Retrying:
         return Retrying(
-            stop=stop_after_delay(self.timeout) | stop_after_attempt(self.attempts),
+            stop=stop_after_delay(budget) | stop_after_attempt(attempts),
             wait=wait_exponential(multiplier=0.01, max=0.1),
-            retry=retry_if_exception_type(_TRANSIENT),
+            retry=retry_if_exception(_retryable),
             reraise=False,
         )
 
@@ -272,37 +288,67 @@ class RedisStore(Store):
         if not self._sync_scripts:
             raise ConfigError("this RedisStore has only an asyncio client; pass client= for sync calls")
         script = self._sync_scripts[name]
+        start = time.monotonic()
         try:  # the common case: one attempt, no retry machinery
             return script(keys=keys, args=args)
-        except _TRANSIENT:
-            pass
+        except _REFUSED as e:
+            raise self._refused(e) from None
+        except _TRANSIENT as e:
+            left = self.timeout - (time.monotonic() - start)
+            if left <= 0 or self.attempts < 2:
+                raise BudgetStoreUnavailable(self.label, e) from None
         try:
-            for attempt in self._retrying():
+            for attempt in self._retrying(left, self.attempts - 1):
                 with attempt:
                     return script(keys=keys, args=args)
+        except _REFUSED as e:
+            raise self._refused(e) from None
         except RetryError as e:
-            raise BudgetStoreUnavailable(self.label, e.last_attempt.exception()) from None
+            last = e.last_attempt.exception()
+            if isinstance(last, _REFUSED):
+                raise self._refused(last) from None
+            raise BudgetStoreUnavailable(self.label, last) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _refused(self, e: Exception) -> BudgetStoreUnavailable:
+        if isinstance(e, AuthenticationError):
+            problem = "refused the credentials (AuthenticationError); check the user and password in the URL"
+        else:
+            problem = (
+                f"refused the command ({type(e).__name__}); the Redis user needs +@scripting "
+                "(EVALSHA, SCRIPT LOAD) and +sadd +smembers on the prefix's keys"
+            )
+        return BudgetStoreUnavailable(self.label, None, problem=problem)
 
     async def _acall(self, name: str, keys: list[str], args: list[Any]) -> Any:
         if not self._async_scripts:
             return await asyncio.to_thread(self._call, name, keys, args)
         script = self._async_scripts[name]
+        start = time.monotonic()
         try:
             return await script(keys=keys, args=args)
-        except _TRANSIENT:
-            pass
+        except _REFUSED as e:
+            raise self._refused(e) from None
+        except _TRANSIENT as e:
+            left = self.timeout - (time.monotonic() - start)
+            if left <= 0 or self.attempts < 2:
+                raise BudgetStoreUnavailable(self.label, e) from None
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_delay(self.timeout) | stop_after_attempt(self.attempts),
+                stop=stop_after_delay(left) | stop_after_attempt(self.attempts - 1),
                 wait=wait_exponential(multiplier=0.01, max=0.1),
-                retry=retry_if_exception_type(_TRANSIENT),
+                retry=retry_if_exception(_retryable),
                 reraise=False,
             ):
                 with attempt:
                     return await script(keys=keys, args=args)
+        except _REFUSED as e:
+            raise self._refused(e) from None
         except RetryError as e:
-            raise BudgetStoreUnavailable(self.label, e.last_attempt.exception()) from None
+            last = e.last_attempt.exception()
+            if isinstance(last, _REFUSED):
+                raise self._refused(last) from None
+            raise BudgetStoreUnavailable(self.label, last) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------ arguments
@@ -456,6 +502,22 @@ class RedisStore(Store):
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+
+
+def _spool_key(client: Any, prefix: str, label: str) -> str:
+    """A short, secret-free id of (server, db, prefix): one spool directory per store."""
+    import hashlib
+
+    where = label
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if isinstance(kwargs, dict):
+        where = f"{kwargs.get('host')}|{kwargs.get('port')}|{kwargs.get('path')}|{kwargs.get('db')}"
+    elif hasattr(client, "get_nodes"):
+        nodes = sorted(f"{n.host}:{n.port}" for n in client.get_nodes())
+        where = ",".join(nodes)
+    digest = hashlib.sha256(f"{where}|{prefix}".encode()).hexdigest()[:16]
+    return f"redis-{digest}"
 
 
 def _decode(v: Any) -> str:

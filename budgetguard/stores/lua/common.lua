@@ -4,7 +4,7 @@
 --   c:<per>:<window start>:<scope>  counter hash: sn st sr (spent) rn rt rr (reserved)
 --                                    oc on ot orq (overshoots) ec (estimated settles)
 --   l:<lease id>   live lease hash: n t r (amount) exp (ms) k (counter keys, a JSON array)
---   lx             zset of live lease ids by expiry (ms)
+--   lx             zset of live lease keys by expiry (ms), in every root the lease touches
 --   x:<lease id>   an expired lease, kept to reconcile a late settle
 --   d:<lease id>   settled/released marker (replays are no-ops)
 --   s              set of "<scope>\t<per>" ever used under this root
@@ -114,10 +114,9 @@ end
 -- An unsettled lease ran out: charge its estimate (the provider probably billed).
 local function sweep(base, now_ms, tomb_s, grace)
   local zkey = base .. 'lx'
-  local ids = redis.call('ZRANGEBYSCORE', zkey, '-inf', I(now_ms), 'LIMIT', 0, 200)
-  for _, id in ipairs(ids) do
-    local lkey = base .. 'l:' .. id
-    local f = redis.call('HMGET', lkey, 'n', 't', 'r', 'k')
+  local due = redis.call('ZRANGEBYSCORE', zkey, '-inf', I(now_ms), 'LIMIT', 0, 200)
+  for _, lkey in ipairs(due) do
+    local f = redis.call('HMGET', lkey, 'n', 't', 'r', 'k', 'b', 'id')
     if f[1] then
       local n, t, r = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
       for _, ck in ipairs(cjson.decode(f[4])) do
@@ -125,12 +124,12 @@ local function sweep(base, now_ms, tomb_s, grace)
         add(ck, 'sn', n); add(ck, 'st', t); add(ck, 'sr', r); add(ck, 'ec', 1)
         touch(ck, grace)
       end
-      local xkey = base .. 'x:' .. id
+      local xkey = f[5] .. 'x:' .. f[6]
       redis.call('RENAME', lkey, xkey)
       redis.call('PERSIST', xkey)
       redis.call('EXPIRE', xkey, I(tomb_s))
     end
-    redis.call('ZREM', zkey, id)
+    redis.call('ZREM', zkey, lkey)
   end
 end
 

@@ -13,8 +13,8 @@ local tomb_s, grace = tonumber(ARGV[9]), tonumber(ARGV[10])  -- then the counter
 for i = 1, #KEYS do sweep(KEYS[i], now_ms, tomb_s, grace) end
 
 local lbase = KEYS[1]
-if redis.call('EXISTS', lbase .. 'l:' .. lease_id, lbase .. 'd:' .. lease_id) > 0 then
-  return {1}  -- a replayed reserve: never reserve twice
+if redis.call('EXISTS', lbase .. 'l:' .. lease_id, lbase .. 'd:' .. lease_id, lbase .. 'x:' .. lease_id) > 0 then
+  return {1}  -- a replayed reserve (live, closed or expired lease): never reserve twice
 end
 
 local keys, states, caps, softs, members = {}, {}, {}, {}, {}
@@ -64,9 +64,11 @@ for i = 1, n do
 end
 local lkey = lbase .. 'l:' .. lease_id
 redis.call('HSET', lkey, 'n', I(amount[1]), 't', I(amount[2]), 'r', I(amount[3]),
-  'exp', I(now_ms + ttl_ms), 'k', cjson.encode(keys))
+  'exp', I(now_ms + ttl_ms), 'k', cjson.encode(keys), 'b', lbase, 'id', lease_id)
 redis.call('PEXPIRE', lkey, I(ttl_ms + tomb_s * 1000))
-redis.call('ZADD', lbase .. 'lx', I(now_ms + ttl_ms), lease_id)
+for i = 1, #KEYS do  -- every root's sweep can resolve it
+  redis.call('ZADD', KEYS[i] .. 'lx', I(now_ms + ttl_ms), lkey)
+end
 if force then  -- report the states after the reservation, as for a refusal's "before" + request
   for i = 1, n do
     for q = 1, 3 do states[i][2][q + 3] = states[i][2][q + 3] + amount[q] end

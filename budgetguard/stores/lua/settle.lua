@@ -48,7 +48,7 @@ if f[1] then
     touch(ck, grace)
   end
   redis.call('DEL', lkey)
-  redis.call('ZREM', lbase .. 'lx', lease_id)
+  for i = 1, #KEYS do redis.call('ZREM', KEYS[i] .. 'lx', lkey) end
   done()
   if mode == 'release' then return 'released' end
   return 'settled'
@@ -56,7 +56,10 @@ end
 
 local x = redis.call('HMGET', xkey, 'n', 't', 'r', 'k')
 if mode == 'release' then
-  if not x[1] then return 'none' end
+  if not x[1] then
+    done()  -- a reserve that arrives late (after a client timeout) must find the lease closed
+    return 'none'
+  end
   act = {0, 0, 0}  -- expired and charged, but the call never ran: refund the estimate
   count_over, estimated = false, false
 end
@@ -71,9 +74,9 @@ if x[1] then
       if v < 0 then v = 0 end
       redis.call('HSET', ck, names[q], I(v))
     end
-    local ec = (tonumber(cur[4] or '0') or 0) - 1
-    if estimated then ec = ec + 1 end
+    local ec = (tonumber(cur[4] or '0') or 0) - 1  -- as apply_settle: un-count, floor, then count
     if ec < 0 then ec = 0 end
+    if estimated then ec = ec + 1 end
     redis.call('HSET', ck, 'ec', I(ec))
     overshoot(ck, amt)
     touch(ck, grace)
