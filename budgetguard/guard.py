@@ -309,6 +309,11 @@ class BudgetGuard(Runnable[Any, Any]):
             raise ConfigError(
                 f"store must be a budgetguard Store or a URL such as 'memory://', got {store!r}"
             )
+        if not store.supports_sync:
+            raise ConfigError(
+                f"{store!r} has only an asyncio client, but the guard checks calls from LangChain's "
+                "callbacks, which are sync: pass client=redis.Redis(...) too (async_client= may stay)"
+            )
         spool = None
         if spool_dir is not None or store.blocking:
             spool = Spool(Path(spool_dir or default_spool_dir()) / store.spool_key)

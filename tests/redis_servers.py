@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def redis_binary(name: str = "redis-server") -> str:
@@ -88,7 +90,7 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while True:
             try:
-                if redis.Redis(port=self.port, socket_timeout=0.5).ping():
+                if redis.Redis(port=self.port, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)).ping():
                     return self
             except (redis.AuthenticationError, redis.ResponseError):  # AUTH required: it is up
                 return self

@@ -67,6 +67,8 @@ class Store(abc.ABC):
     blocking: bool = True
     #: Names the data this store holds, so a spool is replayed only into the store it was written for.
     spool_key: str = "default"
+    #: False if only the ``a*`` methods work (the guard needs the sync ones: LangChain's callbacks are sync).
+    supports_sync: bool = True
 
     @abc.abstractmethod
     def reserve(self, req: ReserveRequest) -> ReserveResult: ...

@@ -127,6 +127,7 @@ class RedisStore(Store):
             raise ConfigError("timeout must be > 0 seconds and attempts >= 1")
         self.client = client
         self.async_client = async_client
+        self.supports_sync = client is not None
         self.prefix = prefix
         self.server_time = server_time
         self._clock = clock
@@ -442,7 +443,9 @@ class RedisStore(Store):
     async def areserve(self, req: ReserveRequest) -> ReserveResult:
         keys, args = self._reserve_args(req)
         result = self._reserve_result(await self._acall("reserve", keys, args))
-        if result.admitted and self.async_client is not None:
+        if result.admitted and self.async_client is None:
+            await asyncio.to_thread(self._register_roots, keys)
+        elif result.admitted and self.async_client is not None:
             new = [b for b in keys if b not in self._roots_seen]
             if new:
                 self._roots_seen.update(new)
