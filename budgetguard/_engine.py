@@ -8,14 +8,15 @@ in the README ("Errors and abandoned streams").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from langchain_core.messages import BaseMessage
@@ -33,6 +34,7 @@ from .usage import TokenUsage, served_model, usage_from_message, usage_from_resu
 
 logger = logging.getLogger("budgetguard")
 T = TypeVar("T")
+_Op = tuple[Any, ...]  # a store operation a flow asks its driver for
 
 __all__ = ["CallRecord", "Engine", "DegradeRequired"]
 
@@ -159,6 +161,128 @@ class Engine:
 
     # ------------------------------------------------------------ before a call
 
+    # ------------------------------------------------------------ drivers
+    #
+    # Every operation below is written once, as a generator ("flow") that
+    # yields the store operations it needs: ("reserve", req), ("settle", req),
+    # ("release", lease_id, refs) or ("replay",). ``_run`` drives a flow with
+    # the sync store methods, ``_arun`` with the async twins (redis.asyncio),
+    # as httpx shares one core between its sync and async clients.
+
+    def _run(self, flow: Generator[_Op, Any, T]) -> T:
+        try:
+            op = next(flow)
+            while True:
+                try:
+                    result = self._do(op)
+                except BudgetStoreUnavailable as exc:
+                    op = flow.throw(exc)
+                else:
+                    op = flow.send(result)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+
+    async def _arun(self, flow: Generator[_Op, Any, T]) -> T:
+        try:
+            op = next(flow)
+            while True:
+                try:
+                    result = await self._ado(op)
+                except BudgetStoreUnavailable as exc:
+                    op = flow.throw(exc)
+                else:
+                    op = flow.send(result)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+
+    def _do(self, op: _Op) -> Any:
+        if op[0] == "replay":
+            self._maybe_replay()
+            return None
+        self._check_down()
+        try:
+            out = getattr(self.store, op[0])(*op[1:])
+        except BudgetStoreUnavailable:
+            self._mark_down()
+            raise
+        self._down_until = 0.0
+        self._maybe_replay()
+        return out
+
+    async def _ado(self, op: _Op) -> Any:
+        if op[0] == "replay":
+            await self._amaybe_replay()
+            return None
+        self._check_down()
+        try:
+            out = await getattr(self.store, "a" + op[0])(*op[1:])
+        except BudgetStoreUnavailable:
+            self._mark_down()
+            raise
+        self._down_until = 0.0
+        await self._amaybe_replay()
+        return out
+
+    # ------------------------------------------------------------ store faults
+
+    def _is_down(self) -> bool:
+        return bool(self._down_until) and time.monotonic() < self._down_until
+
+    def _mark_down(self) -> None:
+        self._down_until = time.monotonic() + getattr(self.store, "timeout", 1.0)
+
+    def _check_down(self) -> None:
+        """Fail fast while the store is known to be down (for one store timeout)."""
+        if self._is_down():
+            raise BudgetStoreUnavailable(
+                repr(self.store), None, problem="is down (it failed moments ago)", sent=False
+            )
+
+    def _maybe_replay(self) -> None:
+        if self.spool is None or not self.spool.dirty or self._is_down():
+            return
+        try:
+            self.spool.replay(self.store)
+        except BudgetStoreUnavailable:
+            self.spool.dirty = True
+            self._mark_down()
+
+    async def _amaybe_replay(self) -> None:
+        if self.spool is None or not self.spool.dirty or self._is_down():
+            return
+        await asyncio.to_thread(self._maybe_replay)  # file I/O and fsync: off the event loop
+
+    def _settle_store_flow(self, p: _Pending, req: SettleRequest) -> Generator[_Op, Any, str]:
+        """Settle, or spool the settle: a call that ran is never lost."""
+        if self.spool is not None and p.spooled:
+            self.spool.append(encode_settle(req))  # after its spooled reserve, in order
+            yield ("replay",)
+            return "spooled"
+        try:
+            outcome: str = yield ("settle", req)
+        except BudgetStoreUnavailable:
+            if self.spool is None:
+                raise
+            self.spool.append(encode_settle(req))
+            logger.warning(
+                "budgetguard: store unavailable; settle of %s spooled to %s", req.lease_id, self.spool.dir
+            )
+            return "spooled"
+        return outcome
+
+    def _release_flow(self, p: _Pending) -> Generator[_Op, Any, None]:
+        if self.spool is not None and p.spooled:
+            self.spool.append(encode_release(p.lease_id, p.refs))
+            return
+        try:
+            yield ("release", p.lease_id, p.refs)
+        except BudgetStoreUnavailable:
+            if self.spool is None:
+                raise
+            self.spool.append(encode_release(p.lease_id, p.refs))
+
+    # ------------------------------------------------------------ before a call
+
     def begin(
         self,
         run_id: UUID,
@@ -168,6 +292,28 @@ class Engine:
         metadata: Mapping[str, Any],
         hint: ModelHint,
     ) -> None:
+        self._run(self._begin_flow(run_id, messages, prompts, invocation_params, metadata, hint))
+
+    async def abegin(
+        self,
+        run_id: UUID,
+        messages: Sequence[BaseMessage] | None,
+        prompts: Sequence[str] | None,
+        invocation_params: Mapping[str, Any] | None,
+        metadata: Mapping[str, Any],
+        hint: ModelHint,
+    ) -> None:
+        await self._arun(self._begin_flow(run_id, messages, prompts, invocation_params, metadata, hint))
+
+    def _begin_flow(
+        self,
+        run_id: UUID,
+        messages: Sequence[BaseMessage] | None,
+        prompts: Sequence[str] | None,
+        invocation_params: Mapping[str, Any] | None,
+        metadata: Mapping[str, Any],
+        hint: ModelHint,
+    ) -> Generator[_Op, Any, None]:
         if run_id in self._pending:
             return  # the same guard attached twice (model and chain): reserve once
         params = invocation_params or {}
@@ -191,7 +337,7 @@ class Engine:
         req = ReserveRequest(lease_id, plan.specs, amount, self.lease_ttl)
         spooled = False
         try:
-            result = self._reserve(req)
+            result: ReserveResult = yield ("reserve", req)
         except BudgetStoreUnavailable as exc:
             if self.spool is None:
                 raise
@@ -208,69 +354,6 @@ class Engine:
             self._pending[run_id] = _Pending(
                 lease_id, tuple(s.ref for s in plan.specs), amount, rates, provider, inp, out, spooled=spooled
             )
-
-    # ------------------------------------------------------------ store faults
-
-    def _is_down(self) -> bool:
-        return bool(self._down_until) and time.monotonic() < self._down_until
-
-    def _mark_down(self) -> None:
-        self._down_until = time.monotonic() + getattr(self.store, "timeout", 1.0)
-
-    def _guarded_call(self, fn: Callable[[], T]) -> T:
-        """Call the store, failing fast while it is known to be down; replay the spool once it is back."""
-        if self._is_down():
-            raise BudgetStoreUnavailable(
-                repr(self.store), None, problem="is down (it failed moments ago)", sent=False
-            )
-        try:
-            out = fn()
-        except BudgetStoreUnavailable:
-            self._mark_down()
-            raise
-        self._down_until = 0.0
-        self._maybe_replay()
-        return out
-
-    def _maybe_replay(self) -> None:
-        if self.spool is None or not self.spool.dirty or self._is_down():
-            return
-        try:
-            self.spool.replay(self.store)
-        except BudgetStoreUnavailable:
-            self.spool.dirty = True
-            self._mark_down()
-
-    def _reserve(self, req: ReserveRequest) -> ReserveResult:
-        return self._guarded_call(lambda: self.store.reserve(req))
-
-    def _settle_store(self, p: _Pending, req: SettleRequest) -> str:
-        """Settle, or spool the settle: a call that ran is never lost."""
-        if self.spool is not None and p.spooled:
-            self.spool.append(encode_settle(req))  # after its spooled reserve, in order
-            self._maybe_replay()
-            return "spooled"
-        try:
-            return self._guarded_call(lambda: self.store.settle(req))
-        except BudgetStoreUnavailable:
-            if self.spool is None:
-                raise
-            self.spool.append(encode_settle(req))
-            logger.warning(
-                "budgetguard: store unavailable; settle of %s spooled to %s", req.lease_id, self.spool.dir
-            )
-            return "spooled"
-
-    def _release(self, p: _Pending) -> None:
-        if self.spool is not None and p.spooled:
-            self.spool.append(encode_release(p.lease_id, p.refs))
-            return
-        try:
-            self._guarded_call(lambda: self.store.release(p.lease_id, p.refs))
-        except BudgetStoreUnavailable:
-            if self.spool is None:
-                raise
-            self.spool.append(encode_release(p.lease_id, p.refs))
 
     def refusal(
         self,
@@ -332,6 +415,12 @@ class Engine:
     # ------------------------------------------------------------ after a call
 
     def end(self, run_id: UUID, response: LLMResult) -> CallRecord | None:
+        return self._run(self._end_flow(run_id, response))
+
+    async def aend(self, run_id: UUID, response: LLMResult) -> CallRecord | None:
+        return await self._arun(self._end_flow(run_id, response))
+
+    def _end_flow(self, run_id: UUID, response: LLMResult) -> Generator[_Op, Any, CallRecord | None]:
         with self._lock:
             p = self._pending.pop(run_id, None)
         if p is None:
@@ -353,15 +442,21 @@ class Engine:
                 output_audio=usage.output_audio,
                 estimated=True,
             )
-        return self._settle(p, usage, served)
+        return (yield from self._settle_flow(p, usage, served))
 
     def fail(self, run_id: UUID, error: BaseException) -> CallRecord | None:
+        return self._run(self._fail_flow(run_id, error))
+
+    async def afail(self, run_id: UUID, error: BaseException) -> CallRecord | None:
+        return await self._arun(self._fail_flow(run_id, error))
+
+    def _fail_flow(self, run_id: UUID, error: BaseException) -> Generator[_Op, Any, CallRecord | None]:
         with self._lock:
             p = self._pending.pop(run_id, None)
         if p is None:
             return None
         if p.chunks == 0 and not isinstance(error, GeneratorExit):
-            self._release(p)
+            yield from self._release_flow(p)
             return self._emit(p, TokenUsage(), 0, "released", p.rates.model)
         # Output began (or the consumer walked away): charge what was seen, and
         # the worst case for what was not, since the provider may have billed it.
@@ -373,9 +468,11 @@ class Engine:
             cache_write=seen.cache_write,
             estimated=True,
         )
-        return self._settle(p, usage, None)
+        return (yield from self._settle_flow(p, usage, None))
 
-    def _settle(self, p: _Pending, usage: TokenUsage, served: str | None) -> CallRecord | None:
+    def _settle_flow(
+        self, p: _Pending, usage: TokenUsage, served: str | None
+    ) -> Generator[_Op, Any, CallRecord | None]:
         rates = p.rates
         if served and served != rates.model:
             try:
@@ -390,7 +487,7 @@ class Engine:
             actual = Amount()
         else:
             actual = Amount(rates.nanos(usage), usage.total_tokens, 1)
-        outcome = self._settle_store(
+        outcome = yield from self._settle_store_flow(
             p, SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=not p.probe)
         )
         if not p.probe and actual.exceeds(p.amount):
@@ -439,6 +536,16 @@ class Engine:
         Returns a refusal if the budget was already exhausted *before* this
         call, so that later steps can be stopped; the usage is recorded anyway.
         """
+        return self._run(self._record_flow(message, metadata, model_hint))
+
+    async def arecord(
+        self, message: BaseMessage, metadata: Mapping[str, Any], model_hint: str | None
+    ) -> BudgetExceeded | None:
+        return await self._arun(self._record_flow(message, metadata, model_hint))
+
+    def _record_flow(
+        self, message: BaseMessage, metadata: Mapping[str, Any], model_hint: str | None
+    ) -> Generator[_Op, Any, BudgetExceeded | None]:
         plan = self.plan(metadata)
         usage, served = _message_usage(message)
         model = served or model_hint or ""
@@ -450,14 +557,16 @@ class Engine:
         p = _Pending(lease_id, refs, probe, rates, None, 0, 0, probe=True)
         reserve = ReserveRequest(lease_id, plan.specs, probe, self.lease_ttl, force=True)
         try:
-            result = self._reserve(reserve)
+            result: ReserveResult = yield ("reserve", reserve)
         except BudgetStoreUnavailable:
             if self.spool is None:
                 raise
             self.spool.append(encode_reserve(reserve))  # the call already ran: record it later
             p.spooled = True
             result = ReserveResult(True, ())
-        self._settle_store(p, SettleRequest(lease_id, refs, actual, usage.estimated, count_overshoot=False))
+        yield from self._settle_store_flow(
+            p, SettleRequest(lease_id, refs, actual, usage.estimated, count_overshoot=False)
+        )
         self._emit(p, usage, actual.nanos, "estimated" if usage.estimated else "settled", rates.model)
         if result.violation is not None and not result.violation.soft:
             return self.refusal(plan, _before(result.states, probe), result.violation, probe, rates.model)
@@ -465,12 +574,18 @@ class Engine:
 
     def probe(self, metadata: Mapping[str, Any]) -> tuple[str, _Plan]:
         """Pipe form, stream mode: refuse before the model is pulled if no room is left."""
+        return self._run(self._probe_flow(metadata))
+
+    async def aprobe(self, metadata: Mapping[str, Any]) -> tuple[str, _Plan]:
+        return await self._arun(self._probe_flow(metadata))
+
+    def _probe_flow(self, metadata: Mapping[str, Any]) -> Generator[_Op, Any, tuple[str, _Plan]]:
         plan = self.plan(metadata)
         lease_id = f"{self._tag}-{os.urandom(12).hex()}"
         probe = Amount(1, 1, 1)
         req = ReserveRequest(lease_id, plan.specs, probe, self.lease_ttl)
         try:
-            result = self._reserve(req)
+            result: ReserveResult = yield ("reserve", req)
         except BudgetStoreUnavailable:
             if self.on_store_error != "open" or self.spool is None:
                 raise
@@ -484,18 +599,28 @@ class Engine:
     def settle_stream(
         self, lease_id: str, plan: _Plan, message: BaseMessage | None, model_hint: str | None
     ) -> CallRecord | None:
+        return self._run(self._settle_stream_flow(lease_id, plan, message, model_hint))
+
+    async def asettle_stream(
+        self, lease_id: str, plan: _Plan, message: BaseMessage | None, model_hint: str | None
+    ) -> CallRecord | None:
+        return await self._arun(self._settle_stream_flow(lease_id, plan, message, model_hint))
+
+    def _settle_stream_flow(
+        self, lease_id: str, plan: _Plan, message: BaseMessage | None, model_hint: str | None
+    ) -> Generator[_Op, Any, CallRecord | None]:
         refs = tuple(s.ref for s in plan.specs)
         spooled = lease_id in self._spooled_probes
         self._spooled_probes.discard(lease_id)
         if message is None:  # the model failed before its first chunk: nothing was billed
-            self._release(
+            yield from self._release_flow(
                 _Pending(lease_id, refs, Amount(1, 1, 1), _NO_RATES, None, 0, 0, spooled=spooled, probe=True)
             )
             return None
         usage, served = _message_usage(message)
         rates = resolve_rates(served or model_hint or "", None, self.prices, self.default_price)
         p = _Pending(lease_id, refs, Amount(1, 1, 1), rates, None, 0, 0, spooled=spooled, probe=True)
-        return self._settle(p, usage, served)
+        return (yield from self._settle_flow(p, usage, served))
 
     # ------------------------------------------------------------ operators
 

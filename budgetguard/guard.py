@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -21,6 +22,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
+from langchain_core.callbacks import manager as _lc_manager
 from langchain_core.language_models import BaseLanguageModel
 from langchain_core.messages import BaseMessage, BaseMessageChunk
 from langchain_core.outputs import LLMResult
@@ -42,14 +44,31 @@ __all__ = ["BudgetGuard", "CallRecord"]
 logger = logging.getLogger("budgetguard")
 
 
-class BudgetGuardCallback(BaseCallbackHandler):
-    """Reserves on model start, settles on end; attached by the guard, not by users.
+# LangChain looks a handler's method up, then awaits it if it is a coroutine function
+# (async path) or calls it (sync path). A guard must refuse sync calls, and an async
+# handler's exceptions are swallowed on the sync path, so the methods must be sync
+# there; on the async path they should await the store's async twins (redis.asyncio)
+# instead of blocking the loop. The look-up itself tells the paths apart: only the
+# async dispatcher is the frame asking. If LangChain ever renames it, the sync
+# methods are used (run off the loop on LangChain's executor): still enforced.
+_ASYNC_DISPATCH = getattr(getattr(_lc_manager, "_ahandle_event_for_handler", None), "__code__", None)
 
-    Its methods are sync, because an async handler's exceptions are swallowed
-    on LangChain's sync path, so it could not refuse a sync call. On the async
-    path a store that does network I/O makes it run off the event loop, on
-    LangChain's callback executor (``run_inline`` False), so the loop never blocks.
-    """
+
+def _from_async_dispatch() -> bool:
+    return _ASYNC_DISPATCH is not None and sys._getframe(2).f_code is _ASYNC_DISPATCH
+
+
+def _dispatching(name: str) -> Any:
+    def get(self: Any) -> Any:
+        if self._async_capable() and _from_async_dispatch():
+            return getattr(self, "_a_" + name)
+        return getattr(self, "_s_" + name)
+
+    return property(get, doc=f"{name}: sync on LangChain's sync path, async on its async path")
+
+
+class BudgetGuardCallback(BaseCallbackHandler):
+    """Reserves on model start, settles on end; attached by the guard, not by users."""
 
     raise_error = True
 
@@ -64,12 +83,21 @@ class BudgetGuardCallback(BaseCallbackHandler):
     def run_inline(self) -> bool:  # type: ignore[override]
         return not self.engine.store.blocking
 
+    def _async_capable(self) -> bool:
+        return self.engine.store.blocking  # an in-memory store is fastest inline and sync
+
     def _meta(self, metadata: Mapping[str, Any] | None) -> Mapping[str, Any]:
         if not self.extra_metadata:
             return metadata or {}
         return {**(metadata or {}), **self.extra_metadata}
 
-    def on_chat_model_start(
+    on_chat_model_start = _dispatching("on_chat_model_start")
+    on_llm_start = _dispatching("on_llm_start")
+    on_llm_new_token = _dispatching("on_llm_new_token")
+    on_llm_end = _dispatching("on_llm_end")
+    on_llm_error = _dispatching("on_llm_error")
+
+    def _s_on_chat_model_start(
         self,
         serialized: dict[str, Any],
         messages: list[list[BaseMessage]],
@@ -81,7 +109,21 @@ class BudgetGuardCallback(BaseCallbackHandler):
     ) -> None:
         self.engine.begin(run_id, messages[0], None, invocation_params, self._meta(metadata), self.hint)
 
-    def on_llm_start(
+    async def _a_on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        invocation_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        await self.engine.abegin(
+            run_id, messages[0], None, invocation_params, self._meta(metadata), self.hint
+        )
+
+    def _s_on_llm_start(
         self,
         serialized: dict[str, Any],
         prompts: list[str],
@@ -93,14 +135,39 @@ class BudgetGuardCallback(BaseCallbackHandler):
     ) -> None:
         self.engine.begin(run_id, None, prompts[:1], invocation_params, self._meta(metadata), self.hint)
 
-    def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
+    async def _a_on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        invocation_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        await self.engine.abegin(
+            run_id, None, prompts[:1], invocation_params, self._meta(metadata), self.hint
+        )
+
+    def _s_on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
         self.engine.observe(run_id, getattr(chunk, "message", None), token if isinstance(token, str) else "")
 
-    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+    async def _a_on_llm_new_token(
+        self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any
+    ) -> None:
+        self._s_on_llm_new_token(token, chunk=chunk, run_id=run_id)  # no I/O: just counting
+
+    def _s_on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         self.engine.end(run_id, response)
 
-    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+    async def _a_on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        await self.engine.aend(run_id, response)
+
+    def _s_on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self.engine.fail(run_id, error)
+
+    async def _a_on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        await self.engine.afail(run_id, error)
 
 
 class _QuietRefusals(logging.Filter):
@@ -144,43 +211,71 @@ class _EnforceCallback(BaseCallbackHandler):
     def run_inline(self) -> bool:  # type: ignore[override]
         return all(m.run_inline for m in self.members)
 
-    def on_chat_model_start(
-        self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
-    ) -> None:
+    def _async_capable(self) -> bool:
+        return any(m._async_capable() for m in self.members)
+
+    on_chat_model_start = _dispatching("on_chat_model_start")
+    on_llm_start = _dispatching("on_llm_start")
+    on_llm_new_token = _dispatching("on_llm_new_token")
+    on_llm_end = _dispatching("on_llm_end")
+    on_llm_error = _dispatching("on_llm_error")
+
+    def _s_start(self, method: str, *args: Any, run_id: UUID, **kwargs: Any) -> None:
         done: list[BudgetGuardCallback] = []
         try:
             for m in self.members:
-                m.on_chat_model_start(serialized, messages, run_id=run_id, **kwargs)
+                getattr(m, "_s_" + method)(*args, run_id=run_id, **kwargs)
                 done.append(m)
         except BaseException as exc:
             for m in done:
                 m.engine.fail(run_id, exc)
             raise
 
-    def on_llm_start(
-        self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any
-    ) -> None:
+    async def _a_start(self, method: str, *args: Any, run_id: UUID, **kwargs: Any) -> None:
         done: list[BudgetGuardCallback] = []
         try:
             for m in self.members:
-                m.on_llm_start(serialized, prompts, run_id=run_id, **kwargs)
+                await getattr(m, "_a_" + method)(*args, run_id=run_id, **kwargs)
                 done.append(m)
         except BaseException as exc:
             for m in done:
-                m.engine.fail(run_id, exc)
+                await m.engine.afail(run_id, exc)
             raise
 
-    def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
-        for m in self.members:
-            m.on_llm_new_token(token, **kwargs)
+    def _s_on_chat_model_start(self, *args: Any, run_id: UUID, **kwargs: Any) -> None:
+        self._s_start("on_chat_model_start", *args, run_id=run_id, **kwargs)
 
-    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
-        for m in self.members:
-            m.on_llm_end(response, **kwargs)
+    async def _a_on_chat_model_start(self, *args: Any, run_id: UUID, **kwargs: Any) -> None:
+        await self._a_start("on_chat_model_start", *args, run_id=run_id, **kwargs)
 
-    def on_llm_error(self, error: BaseException, **kwargs: Any) -> None:
+    def _s_on_llm_start(self, *args: Any, run_id: UUID, **kwargs: Any) -> None:
+        self._s_start("on_llm_start", *args, run_id=run_id, **kwargs)
+
+    async def _a_on_llm_start(self, *args: Any, run_id: UUID, **kwargs: Any) -> None:
+        await self._a_start("on_llm_start", *args, run_id=run_id, **kwargs)
+
+    def _s_on_llm_new_token(self, *args: Any, **kwargs: Any) -> None:
         for m in self.members:
-            m.on_llm_error(error, **kwargs)
+            m._s_on_llm_new_token(*args, **kwargs)
+
+    async def _a_on_llm_new_token(self, *args: Any, **kwargs: Any) -> None:
+        self._s_on_llm_new_token(*args, **kwargs)
+
+    def _s_on_llm_end(self, *args: Any, **kwargs: Any) -> None:
+        for m in self.members:
+            m._s_on_llm_end(*args, **kwargs)
+
+    async def _a_on_llm_end(self, *args: Any, **kwargs: Any) -> None:
+        for m in self.members:
+            await m._a_on_llm_end(*args, **kwargs)
+
+    def _s_on_llm_error(self, *args: Any, **kwargs: Any) -> None:
+        for m in self.members:
+            m._s_on_llm_error(*args, **kwargs)
+
+    async def _a_on_llm_error(self, *args: Any, **kwargs: Any) -> None:
+        for m in self.members:
+            await m._a_on_llm_error(*args, **kwargs)
 
 
 _enforce_var: ContextVar[_EnforceCallback | None] = ContextVar("budgetguard_enforce", default=None)
@@ -442,7 +537,11 @@ class BudgetGuard(Runnable[Any, Any]):
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         if self._guarded is not None:
             return await self._guarded.ainvoke(input, config, **kwargs)
-        return self._record(input, config)
+        message, metadata = self._pipe_input(input, config)
+        refusal = await self.engine.arecord(message, metadata, self.model_hint)
+        if refusal is not None:
+            raise refusal
+        return message
 
     def batch(
         self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any
@@ -504,16 +603,25 @@ class BudgetGuard(Runnable[Any, Any]):
                 yield chunk
             return
         metadata = ensure_config(config).get("metadata") or {}
-        lease_id, plan = self.engine.probe(metadata)
+        lease_id, plan = await self.engine.aprobe(metadata)
         total: BaseMessage | None = None
         try:
             async for chunk in input:
                 total = _merge(total, chunk)
                 yield chunk
         finally:
-            self.engine.settle_stream(lease_id, plan, total, self.model_hint)
+            await self.engine.asettle_stream(lease_id, plan, total, self.model_hint)
 
     def _record(self, message: Any, config: RunnableConfig | None) -> Any:
+        message, metadata = self._pipe_input(message, config)
+        refusal = self.engine.record(message, metadata, self.model_hint)
+        if refusal is not None:
+            raise refusal
+        return message
+
+    def _pipe_input(
+        self, message: Any, config: RunnableConfig | None
+    ) -> tuple[BaseMessage, Mapping[str, Any]]:
         if not isinstance(message, BaseMessage):
             raise ConfigError(
                 f"BudgetGuard in a pipe expects the chat model's message, got {type(message).__name__}; "
@@ -525,13 +633,9 @@ class BudgetGuard(Runnable[Any, Any]):
                 "llm | BudgetGuard(...) under invoke records usage after the model has run; it cannot "
                 "stop that call. Use guard.wrap(llm) to refuse calls before they are sent.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-        metadata = ensure_config(config).get("metadata") or {}
-        refusal = self.engine.record(message, metadata, self.model_hint)
-        if refusal is not None:
-            raise refusal
-        return message
+        return message, ensure_config(config).get("metadata") or {}
 
 
 def _merge(total: BaseMessage | None, chunk: Any) -> BaseMessage | None:

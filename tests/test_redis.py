@@ -761,3 +761,78 @@ def test_from_url_builds_blocking_pools_with_short_timeouts_and_no_redis_py_retr
     assert store.timeout == 0.9
     default = RedisStore.from_url("redis://127.0.0.1:1/0")
     assert default.client.connection_pool.connection_kwargs["socket_timeout"] == pytest.approx(1 / 3)
+
+
+# ------------------------------------------------------------------ which client each path uses
+
+
+def _count_commands(client: Any, log: list[str], tag: str) -> None:
+    """Wrap a client's execute_command to log what it sends (sync or async)."""
+    original = client.execute_command
+    if asyncio.iscoroutinefunction(original):
+
+        async def counted_async(*args: Any, **kwargs: Any) -> Any:
+            log.append(f"{tag}:{args[0]}")
+            return await original(*args, **kwargs)
+
+        client.execute_command = counted_async
+    else:
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            log.append(f"{tag}:{args[0]}")
+            return original(*args, **kwargs)
+
+        client.execute_command = counted
+
+
+async def test_ainvoke_and_astream_use_redis_asyncio_and_invoke_uses_the_sync_client(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore.from_url(redis_server.url, prefix=f"paths-{uuid.uuid4().hex}:")
+    guard = BudgetGuard(limits=[Limit(requests=100)], store=store)
+    llm = guard.wrap(FakeChatModel())
+    await llm.ainvoke("warm")  # the first use of each client loads the scripts (NOSCRIPT, SCRIPT LOAD)
+    await asyncio.to_thread(llm.invoke, "warm")
+    log: list[str] = []
+    _count_commands(store.client, log, "sync")
+    _count_commands(store.async_client, log, "async")
+
+    await llm.ainvoke("hi")
+    assert [x.split(":")[0] for x in log if "EVALSHA" in x] == ["async", "async"], log
+    log.clear()
+    assert [c async for c in llm.astream("hi")]
+    assert [x.split(":")[0] for x in log if "EVALSHA" in x] == ["async", "async"], log
+    log.clear()
+    await asyncio.to_thread(llm.invoke, "hi")
+    assert [x.split(":")[0] for x in log if "EVALSHA" in x] == ["sync", "sync"], log
+    assert guard.remaining().rows[0].spent == 5
+
+
+async def test_a_sync_invoke_inside_a_running_event_loop_is_still_enforced(redis_server: RedisServer) -> None:
+    """The async-dispatch detection must never take a sync call for an async one."""
+    store = RedisStore.from_url(redis_server.url, prefix=f"inloop-{uuid.uuid4().hex}:")
+    guard = BudgetGuard(limits=[Limit(requests=1)], store=store)
+    model = FakeChatModel()
+    llm = guard.wrap(model)
+    llm.invoke("hi")  # a blocking call made from inside the loop, as notebooks and some servers do
+    with pytest.raises(BudgetExceeded):
+        llm.invoke("hi")
+    with pytest.raises(BudgetExceeded):
+        await llm.ainvoke("hi")
+    assert model.calls.count == 1
+    (row,) = guard.remaining().rows
+    assert (row.spent, row.reserved) == (1, 0)
+
+
+async def test_a_refused_ainvoke_on_redis_never_reaches_the_provider(redis_server: RedisServer) -> None:
+    store = RedisStore.from_url(redis_server.url, prefix=f"arefuse-{uuid.uuid4().hex}:")
+    guard = BudgetGuard(limits=[Limit(requests=2)], store=store)
+    model = FakeChatModel()
+    llm = guard.wrap(model)
+    results = await asyncio.gather(*(llm.ainvoke("hi") for _ in range(6)), return_exceptions=True)
+    assert sum(not isinstance(r, BaseException) for r in results) == 2
+    assert all(isinstance(r, BudgetExceeded) for r in results if isinstance(r, BaseException))
+    assert model.calls.count == 2
+    with guard.enforce():
+        with pytest.raises(BudgetExceeded):
+            await FakeChatModel().ainvoke("hi")
