@@ -277,13 +277,15 @@ class RedisStore(Store):
             )
         return bases, index
 
-    def _retrying(self, budget: float, attempts: int) -> Retrying:
-        return Retrying(
-            stop=stop_after_delay(budget) | stop_after_attempt(attempts),
-            wait=wait_exponential(multiplier=0.01, max=0.1),
-            retry=retry_if_exception(_retryable),
-            reraise=False,
-        )
+    @staticmethod
+    def _retry_policy(budget: float, attempts: int) -> dict[str, Any]:
+        """One policy for both twins: transient errors only, within what is left of the timeout."""
+        return {
+            "stop": stop_after_delay(budget) | stop_after_attempt(attempts),
+            "wait": wait_exponential(multiplier=0.01, max=0.1),
+            "retry": retry_if_exception(_retryable),
+            "reraise": False,
+        }
 
     def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         if not self._sync_scripts:
@@ -299,7 +301,7 @@ class RedisStore(Store):
             if left <= 0 or self.attempts < 2:
                 raise BudgetStoreUnavailable(self.label, e) from None
         try:
-            for attempt in self._retrying(left, self.attempts - 1):
+            for attempt in Retrying(**self._retry_policy(left, self.attempts - 1)):
                 with attempt:
                     return script(keys=keys, args=args)
         except _REFUSED as e:
@@ -335,12 +337,7 @@ class RedisStore(Store):
             if left <= 0 or self.attempts < 2:
                 raise BudgetStoreUnavailable(self.label, e) from None
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_delay(left) | stop_after_attempt(self.attempts - 1),
-                wait=wait_exponential(multiplier=0.01, max=0.1),
-                retry=retry_if_exception(_retryable),
-                reraise=False,
-            ):
+            async for attempt in AsyncRetrying(**self._retry_policy(left, self.attempts - 1)):
                 with attempt:
                     return await script(keys=keys, args=args)
         except _REFUSED as e:
