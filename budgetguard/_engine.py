@@ -136,25 +136,7 @@ class Engine:
             cached = self._static.get(soft_ppm)
             if cached is not None:
                 return cached
-        order: dict[CounterRef, int] = {}
-        caps: list[Caps] = []
-        groups: list[list[Limit]] = []
-        for tpl, lim in self._templates:
-            ref = CounterRef(tpl.render(metadata), lim.per)
-            c = Caps(lim.usd_nanos, lim.tokens, lim.requests)
-            i = order.get(ref)
-            if i is None:
-                order[ref] = len(caps)
-                caps.append(c)
-                groups.append([lim])
-            else:
-                caps[i] = caps[i].tightest(c)
-                groups[i].append(lim)
-        specs = tuple(
-            CounterSpec(ref, c, None if soft_ppm is None else c.scaled(soft_ppm))
-            for ref, c in zip(order, caps, strict=True)
-        )
-        plan = _Plan(specs, tuple(tuple(g) for g in groups))
+        plan = _build_plan(self._templates, metadata, soft_ppm)
         if self._all_static:
             self._static[soft_ppm] = plan
         return plan
@@ -632,11 +614,7 @@ class Engine:
                 applicable.append((tpl, lim))
             else:
                 skipped.append(lim.describe())
-        sub = Engine.__new__(Engine)
-        sub._templates = applicable
-        sub._all_static = False
-        sub._static = {}
-        return sub.plan(metadata), tuple(skipped)
+        return _build_plan(applicable, metadata, None), tuple(skipped)
 
     def build_status(
         self, plan: _Plan, states: Sequence[CounterState], skipped: tuple[str, ...]
@@ -661,6 +639,30 @@ class Engine:
 
 
 _NO_RATES = Rates("", None, 0, (), 0)
+
+
+def _build_plan(
+    templates: Sequence[tuple[ScopeTemplate, Limit]], metadata: Mapping[str, Any], soft_ppm: int | None
+) -> _Plan:
+    order: dict[CounterRef, int] = {}
+    caps: list[Caps] = []
+    groups: list[list[Limit]] = []
+    for tpl, lim in templates:
+        ref = CounterRef(tpl.render(metadata), lim.per)
+        c = Caps(lim.usd_nanos, lim.tokens, lim.requests)
+        i = order.get(ref)
+        if i is None:
+            order[ref] = len(caps)
+            caps.append(c)
+            groups.append([lim])
+        else:
+            caps[i] = caps[i].tightest(c)
+            groups[i].append(lim)
+    specs = tuple(
+        CounterSpec(ref, c, None if soft_ppm is None else c.scaled(soft_ppm))
+        for ref, c in zip(order, caps, strict=True)
+    )
+    return _Plan(specs, tuple(tuple(g) for g in groups))
 
 
 def _before(states: Sequence[CounterState], amount: Amount) -> list[CounterState]:
