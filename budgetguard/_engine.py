@@ -141,8 +141,6 @@ class Engine:
             self._static[soft_ppm] = plan
         return plan
 
-    # ------------------------------------------------------------ before a call
-
     # ------------------------------------------------------------ drivers
     #
     # Every operation below is written once, as a generator ("flow") that
