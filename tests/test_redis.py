@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -836,3 +837,65 @@ async def test_a_refused_ainvoke_on_redis_never_reaches_the_provider(redis_serve
     with guard.enforce():
         with pytest.raises(BudgetExceeded):
             await FakeChatModel().ainvoke("hi")
+
+
+# ------------------------------------------------------------------ asyncio-only clients, Sentinel
+
+
+async def test_an_asyncio_only_client_serves_a_guard_sync_and_async(redis_server: RedisServer) -> None:
+    """The guard's sync path needs a sync client: the store derives one to the same server."""
+    async_client = aredis.Redis(port=redis_server.port, db=0)
+    store = RedisStore(async_client=async_client, prefix=f"aonly-{uuid.uuid4().hex}:")
+    assert store.supports_sync and store.client is not None
+    assert store.client.connection_pool.connection_kwargs["port"] == redis_server.port
+    guard = BudgetGuard(limits=[Limit(requests=3)], store=store)
+    llm = guard.wrap(FakeChatModel())
+    await asyncio.to_thread(llm.invoke, "sync")
+    await llm.ainvoke("async")
+    assert [r.spent for r in (await guard.aremaining()).rows] == [2]
+    assert [r.spent for r in guard.remaining().rows] == [2]
+
+
+def test_a_sentinel_url_finds_the_primary(tmp_path: Any) -> None:
+    primary = RedisServer().start()
+    sentinel_port = redis_servers.free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\nprotected-mode no\ndir {tmp_path}\n"
+        f"sentinel monitor bgprimary 127.0.0.1 {primary.port} 1\n"
+        "sentinel down-after-milliseconds bgprimary 5000\n"
+    )
+    proc = subprocess.Popen(
+        [redis_servers.redis_binary(), str(conf), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                addr = redis.Redis(port=sentinel_port, socket_timeout=0.5).execute_command(
+                    "SENTINEL", "get-master-addr-by-name", "bgprimary"
+                )
+                if addr:
+                    break
+            except redis.ConnectionError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "redis sentinel did not start"
+            time.sleep(0.05)
+        url = f"redis+sentinel://127.0.0.1:{sentinel_port}/bgprimary?db=0"
+        guard = BudgetGuard(limits=[Limit(requests=2)], store=url)
+        assert "sentinel" in repr(guard.store)
+        model = FakeChatModel()
+        llm = guard.wrap(model)
+        llm.invoke("a")
+        asyncio.run(llm.ainvoke("b"))
+        with pytest.raises(BudgetExceeded):
+            llm.invoke("c")
+        assert model.calls.count == 2
+        # the counters live on the primary the sentinel named
+        assert any(k.startswith(b"budgetguard:") for k in primary.client().keys("*"))
+    finally:
+        proc.kill()
+        proc.wait(5)
+        primary.stop()

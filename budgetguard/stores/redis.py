@@ -125,6 +125,8 @@ class RedisStore(Store):
             )
         if not timeout > 0 or attempts < 1:
             raise ConfigError("timeout must be > 0 seconds and attempts >= 1")
+        if client is None:
+            client = _sync_twin(async_client)  # the guard's sync path needs one; None if not derivable
         self.client = client
         self.async_client = async_client
         self.supports_sync = client is not None
@@ -502,6 +504,50 @@ class RedisStore(Store):
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+
+
+_TWIN_KEYS = (
+    "host",
+    "port",
+    "db",
+    "username",
+    "password",
+    "path",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_check_hostname",
+)
+
+
+def _sync_twin(async_client: Any) -> Any:
+    """A sync client to the same server as an asyncio one (not for Cluster: pass client= there)."""
+    pool = getattr(async_client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if not isinstance(kwargs, dict) or isinstance(async_client, aredis.RedisCluster):
+        return None
+    picked = {k: kwargs[k] for k in _TWIN_KEYS if k in kwargs}
+    name = getattr(getattr(pool, "connection_class", None), "__name__", "")
+    if "path" in picked:
+        picked.pop("host", None)
+        picked.pop("port", None)
+        conn_class: Any = redis.UnixDomainSocketConnection
+    elif "SSL" in name:
+        conn_class = redis.SSLConnection
+    else:
+        conn_class = redis.Connection
+    max_connections = getattr(pool, "max_connections", None) or 50
+    return redis.Redis(
+        connection_pool=redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            connection_class=conn_class,
+            max_connections=max_connections,
+            retry=Retry(NoBackoff(), 0),
+            **picked,
+        )
+    )
 
 
 def _spool_key(client: Any, prefix: str, label: str) -> str:
