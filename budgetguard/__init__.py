@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from ._engine import CallRecord, DegradeRequired
-from .errors import BudgetError, BudgetExceeded, ConfigError, MissingScope, UnknownModelPrice
+from .errors import (
+    BudgetError,
+    BudgetExceeded,
+    BudgetStoreUnavailable,
+    ConfigError,
+    MissingScope,
+    UnknownModelPrice,
+)
 from .guard import BudgetGuard
 from .limits import Limit
 from .pricing import Price, cost
@@ -14,11 +21,22 @@ from .usage import TokenUsage
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # RedisStore imports redis-py's asyncio and cluster modules: load them only when asked for.
+    if name == "RedisStore":
+        from .stores.redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module 'budgetguard' has no attribute {name!r}")
+
+
 __all__ = [
     "BudgetError",
     "BudgetExceeded",
     "BudgetGuard",
     "BudgetStatus",
+    "BudgetStoreUnavailable",
     "CallRecord",
     "ConfigError",
     "DegradeRequired",
@@ -26,6 +44,7 @@ __all__ = [
     "LimitStatus",
     "MemoryStore",
     "MissingScope",
+    "RedisStore",
     "Price",
     "Store",
     "TokenUsage",
