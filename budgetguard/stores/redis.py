@@ -297,7 +297,7 @@ class RedisStore(Store):
         try:  # the common case: one attempt, no retry machinery
             return script(keys=keys, args=args)
         except _REFUSED as e:
-            raise self._refused(e) from None
+            raise self._unavailable(e) from None
         except _TRANSIENT as e:
             left = self.timeout - (time.monotonic() - start)
             if left <= 0 or self.attempts < 2:
@@ -307,15 +307,15 @@ class RedisStore(Store):
                 with attempt:
                     return script(keys=keys, args=args)
         except _REFUSED as e:
-            raise self._refused(e) from None
+            raise self._unavailable(e) from None
         except RetryError as e:
-            last = e.last_attempt.exception()
-            if isinstance(last, _REFUSED):
-                raise self._refused(last) from None
-            raise BudgetStoreUnavailable(self.label, last) from None
+            raise self._unavailable(e.last_attempt.exception()) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _refused(self, e: Exception) -> BudgetStoreUnavailable:
+    def _unavailable(self, e: BaseException | None) -> BudgetStoreUnavailable:
+        """The error for a failed store call: a refusal (auth, ACL) says so, anything else timed out."""
+        if not isinstance(e, _REFUSED):
+            return BudgetStoreUnavailable(self.label, e)
         if isinstance(e, AuthenticationError):
             problem = "refused the credentials (AuthenticationError); check the user and password in the URL"
         else:
@@ -333,7 +333,7 @@ class RedisStore(Store):
         try:
             return await script(keys=keys, args=args)
         except _REFUSED as e:
-            raise self._refused(e) from None
+            raise self._unavailable(e) from None
         except _TRANSIENT as e:
             left = self.timeout - (time.monotonic() - start)
             if left <= 0 or self.attempts < 2:
@@ -343,12 +343,9 @@ class RedisStore(Store):
                 with attempt:
                     return await script(keys=keys, args=args)
         except _REFUSED as e:
-            raise self._refused(e) from None
+            raise self._unavailable(e) from None
         except RetryError as e:
-            last = e.last_attempt.exception()
-            if isinstance(last, _REFUSED):
-                raise self._refused(last) from None
-            raise BudgetStoreUnavailable(self.label, last) from None
+            raise self._unavailable(e.last_attempt.exception()) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------ arguments
@@ -421,10 +418,15 @@ class RedisStore(Store):
             args += [i, ref.scope, ref.per]
         return bases, args
 
-    def _register_roots(self, bases: list[str]) -> None:
+    def _claim_roots(self, bases: list[str]) -> list[str]:
+        """Roots not yet listed by this process (marked listed now; unmarked if the write fails)."""
         new = [b for b in bases if b not in self._roots_seen]
+        self._roots_seen.update(new)
+        return new
+
+    def _register_roots(self, bases: list[str]) -> None:
+        new = self._claim_roots(bases)
         if new and self.client is not None:
-            self._roots_seen.update(new)
             try:
                 self.client.sadd(f"{self.prefix}roots", *new)
             except _TRANSIENT:
@@ -444,10 +446,9 @@ class RedisStore(Store):
         result = self._reserve_result(await self._acall("reserve", keys, args))
         if result.admitted and self.async_client is None:
             await asyncio.to_thread(self._register_roots, keys)
-        elif result.admitted and self.async_client is not None:
-            new = [b for b in keys if b not in self._roots_seen]
+        elif result.admitted:
+            new = self._claim_roots(keys)
             if new:
-                self._roots_seen.update(new)
                 try:
                     await self.async_client.sadd(f"{self.prefix}roots", *new)
                 except _TRANSIENT:
