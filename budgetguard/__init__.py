@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from ._engine import CallRecord, DegradeRequired
 from .errors import (
     BudgetError,
     BudgetExceeded,
     BudgetStoreUnavailable,
     ConfigError,
+    DegradeRequired,
     MissingScope,
     UnknownModelPrice,
 )
 from .guard import BudgetGuard
 from .limits import Limit
 from .pricing import Price, cost
+from .records import CallRecord
 from .status import BudgetStatus, LimitStatus
 from .stores import MemoryStore, Store, store_from_url
 from .tracking import UsageTracker, track_usage

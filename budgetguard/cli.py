@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import TextIO
 
-from ._engine import CallRecord
 from .errors import BudgetExceeded, _usd
 from .guard import BudgetGuard
+from .records import CallRecord
 from .testing import FakeChatModel
 from .tracking import track_usage
 

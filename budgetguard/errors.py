@@ -14,6 +14,7 @@ __all__ = [
     "BudgetExceeded",
     "BudgetStoreUnavailable",
     "ConfigError",
+    "DegradeRequired",
     "MissingScope",
     "UnknownModelPrice",
 ]
@@ -21,6 +22,11 @@ __all__ = [
 
 class BudgetError(Exception):
     """Base of every budgetguard error."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only constructors do not survive the default pickling: rebuild from the fields,
+        # so an error crossing a process pool keeps its class and everything it says.
+        return (_rebuild, (type(self), self.__dict__.copy(), self.args))
 
 
 class BudgetStoreUnavailable(BudgetError):
@@ -128,14 +134,15 @@ class BudgetExceeded(BudgetError):
             f"{self._fmt(self.remaining)} left{resets}{note}."
         )
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (self.__dict__,))
+
+class DegradeRequired(BudgetExceeded):
+    """The primary model would pass ``degrade_at``: a fallback should serve."""
 
 
-def _rebuild(state: dict[str, object]) -> BudgetExceeded:
-    exc = BudgetExceeded.__new__(BudgetExceeded)
+def _rebuild(cls: type[BudgetError], state: dict[str, object], args: tuple[object, ...]) -> BudgetError:
+    exc = cls.__new__(cls)
     exc.__dict__.update(state)
-    Exception.__init__(exc, exc._message())
+    exc.args = args
     return exc
 
 

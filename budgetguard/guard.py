@@ -30,11 +30,12 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.runnables.config import ensure_config
 from langchain_core.tracers.context import register_configure_hook
 
-from ._engine import CallRecord, Engine, ModelHint
+from .engine import Engine, ModelHint
 from .errors import BudgetExceeded, ConfigError
 from .estimate import DEFAULT_MAX_OUTPUT_TOKENS
 from .limits import Limit
 from .pricing import Price
+from .records import CallRecord
 from .spool import Spool, default_spool_dir
 from .status import BudgetStatus
 from .stores import Store, store_from_url

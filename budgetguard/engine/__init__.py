@@ -22,42 +22,22 @@ from uuid import UUID
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
-from .errors import BudgetExceeded, BudgetStoreUnavailable, _usd
-from .estimate import estimate_input_tokens, estimate_text_tokens, max_output_tokens
-from .limits import DEFAULT_SCOPE, Limit, ScopeTemplate, as_datetime, window_end
-from .pricing import Price, Rates, resolve_rates
-from .reservation import Amount, Caps, CounterRef, CounterSpec, CounterState, Violation
-from .spool import Spool, encode_release, encode_reserve, encode_settle
-from .status import BudgetStatus, LimitStatus, row, to_usd
-from .stores.base import ReserveRequest, ReserveResult, SettleRequest, Store
-from .usage import TokenUsage, served_model, usage_from_message, usage_from_result
+from ..errors import BudgetExceeded, BudgetStoreUnavailable, DegradeRequired, _usd
+from ..estimate import estimate_input_tokens, estimate_text_tokens, max_output_tokens
+from ..limits import DEFAULT_SCOPE, Limit, ScopeTemplate, as_datetime, window_end
+from ..pricing import Price, Rates, resolve_rates
+from ..records import CallRecord, Outcome
+from ..reservation import Amount, Caps, CounterRef, CounterSpec, CounterState, Violation
+from ..spool import Spool, encode_release, encode_reserve, encode_settle
+from ..status import BudgetStatus, LimitStatus, row, to_usd
+from ..stores.base import ReserveRequest, ReserveResult, SettleRequest, Store
+from ..usage import TokenUsage, served_model, usage_from_message, usage_from_result
 
 logger = logging.getLogger("budgetguard")
 T = TypeVar("T")
 _Op = tuple[Any, ...]  # a store operation a flow asks its driver for
 
-__all__ = ["CallRecord", "Engine", "DegradeRequired"]
-
-
-class DegradeRequired(BudgetExceeded):
-    """The primary model would pass ``degrade_at``: a fallback should serve."""
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """What one guarded call cost, as recorded in the store."""
-
-    model: str
-    provider: str | None
-    usage: TokenUsage
-    cost_usd: Decimal
-    reserved_usd: Decimal
-    scopes: tuple[str, ...]
-    outcome: str  # "settled", "estimated", "released", "cache_hit", "replay", "late", "unreserved"
-
-    @property
-    def estimated(self) -> bool:
-        return self.usage.estimated
+__all__ = ["Engine", "ModelHint"]
 
 
 @dataclass(slots=True)
@@ -232,14 +212,14 @@ class Engine:
             return
         await asyncio.to_thread(self._maybe_replay)  # file I/O and fsync: off the event loop
 
-    def _settle_store_flow(self, p: _Pending, req: SettleRequest) -> Generator[_Op, Any, str]:
+    def _settle_store_flow(self, p: _Pending, req: SettleRequest) -> Generator[_Op, Any, Outcome]:
         """Settle, or spool the settle: a call that ran is never lost."""
         if self.spool is not None and p.spooled:
             self.spool.append(encode_settle(req))  # after its spooled reserve, in order
             yield ("replay",)
             return "spooled"
         try:
-            outcome: str = yield ("settle", req)
+            outcome: Outcome = yield ("settle", req)
         except BudgetStoreUnavailable:
             if self.spool is None:
                 raise
@@ -480,13 +460,13 @@ class Engine:
                 actual.tokens,
                 p.amount.tokens,
             )
-        label = "cache_hit" if usage.cache_hit else "estimated" if usage.estimated else outcome
+        label: Outcome = "cache_hit" if usage.cache_hit else "estimated" if usage.estimated else outcome
         if outcome in ("replay", "late"):
             label = outcome
         return self._emit(p, usage, actual.nanos, label, rates.model)
 
     def _emit(
-        self, p: _Pending, usage: TokenUsage, nanos: int, outcome: str, model: str
+        self, p: _Pending, usage: TokenUsage, nanos: int, outcome: Outcome, model: str
     ) -> CallRecord | None:
         debug = logger.isEnabledFor(logging.DEBUG)
         if self.on_record is None and not debug:

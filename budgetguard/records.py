@@ -1,0 +1,37 @@
+"""``CallRecord``: what one guarded call cost, handed to ``on_record``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+from .usage import TokenUsage
+
+__all__ = ["CallRecord", "Outcome"]
+
+#: How a call ended, as recorded in the store.
+#: ``settled``: charged its reported usage; ``estimated``: charged an estimate (usage missing or
+#: the call failed after output began); ``released``: refunded, the provider was never reached;
+#: ``cache_hit``: served by LangChain's cache, free; ``replay``: a settle already applied (no-op);
+#: ``late``: settled after its lease had expired, replacing the estimate it was charged;
+#: ``unreserved``: usage recorded for a lease the store never saw; ``spooled``: the store was down,
+#: the settle waits in the spool.
+Outcome = Literal["settled", "estimated", "released", "cache_hit", "replay", "late", "unreserved", "spooled"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """What one guarded call cost, as recorded in the store."""
+
+    model: str
+    provider: str | None
+    usage: TokenUsage
+    cost_usd: Decimal
+    reserved_usd: Decimal
+    scopes: tuple[str, ...]
+    outcome: Outcome
+
+    @property
+    def estimated(self) -> bool:
+        return self.usage.estimated
