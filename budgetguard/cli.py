@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import TextIO
 
-from .errors import BudgetExceeded, _usd
+from .errors import BudgetExceeded
 from .guard import BudgetGuard
 from .records import CallRecord
 from .testing import FakeChatModel
 from .tracking import track_usage
+from .units import format_usd
 
 __all__ = ["main", "demo"]
 
@@ -46,8 +47,8 @@ def demo(out: TextIO | None = None) -> int:
             rem = guard.remaining().remaining_usd
             assert rem is not None
             write(
-                f"{i:>4}  {rec.model:<12} {'$' + _usd(rec.reserved_usd):>12} "
-                f"{'$' + _usd(rec.cost_usd):>12} {'$' + _usd(rem):>12}\n"
+                f"{i:>4}  {rec.model:<12} {format_usd(rec.reserved_usd):>12} "
+                f"{format_usd(rec.cost_usd):>12} {format_usd(rem):>12}\n"
             )
     write("\nguard.remaining():\n" + str(guard.remaining()) + "\n\n")
     if refused is not None:

@@ -6,6 +6,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from .units import Quantity, format_quantity
+
 if TYPE_CHECKING:
     from .limits import Limit
 
@@ -93,7 +95,7 @@ class BudgetExceeded(BudgetError):
         *,
         scope: str,
         limit: Limit,
-        quantity: str,
+        quantity: Quantity,
         window: str,
         spent: Decimal | int,
         reserved: Decimal | int,
@@ -117,9 +119,7 @@ class BudgetExceeded(BudgetError):
         super().__init__(self._message())
 
     def _fmt(self, v: Decimal | int) -> str:
-        if self.quantity == "usd":
-            return f"${_usd(v)}"
-        return f"{v:,} {self.quantity}"
+        return format_quantity(self.quantity, v)
 
     def _message(self) -> str:
         window = "lifetime" if self.window == "lifetime" else f"per-{self.window}"
@@ -144,13 +144,3 @@ def _rebuild(cls: type[BudgetError], state: dict[str, object], args: tuple[objec
     exc.__dict__.update(state)
     exc.args = args
     return exc
-
-
-def _usd(v: Decimal | int) -> str:
-    """USD for people: at least 2 decimals, at most as many as needed."""
-    d = Decimal(v)
-    s = format(d.normalize(), "f")
-    if "." not in s:
-        return s + ".00"
-    whole, frac = s.split(".")
-    return f"{whole}.{frac.ljust(2, '0')}"

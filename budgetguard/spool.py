@@ -96,7 +96,18 @@ class Spool:
     """This process's spool file in ``directory``, and the replay of every file there."""
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        # No I/O here: the directory is created by ``prepare()``, on the guard's first store operation.
         self.dir = Path(directory) if directory is not None else default_spool_dir()
+        self.path = self.dir / f"spool-{os.getpid()}-{os.urandom(4).hex()}.jsonl"
+        self._lock = threading.Lock()  # this process's appends
+        self._replaying = threading.Lock()  # one replay at a time; appends need not wait for it
+        self._prepared = False
+        self.dirty = False  # this process wrote lines not yet replayed
+
+    def prepare(self) -> None:
+        """Create the directory and check that it is writable (``ConfigError`` naming the fix if not)."""
+        if self._prepared:
+            return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -105,10 +116,7 @@ class Spool:
             ) from e
         if not os.access(self.dir, os.W_OK):
             raise ConfigError(f"spool_dir {str(self.dir)!r} is not writable; pass a writable spool_dir=")
-        self.path = self.dir / f"spool-{os.getpid()}-{os.urandom(4).hex()}.jsonl"
-        self._lock = threading.Lock()  # this process's appends
-        self._replaying = threading.Lock()  # one replay at a time; appends need not wait for it
-        self.dirty = False  # this process wrote lines not yet replayed
+        self._prepared = True
 
     def __repr__(self) -> str:
         return f"Spool({str(self.dir)!r})"
@@ -116,6 +124,7 @@ class Spool:
     def append(self, entry: dict[str, Any]) -> None:
         """Append one line and fsync it before returning."""
         line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        self.prepare()
         with self._lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:

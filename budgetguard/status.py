@@ -7,18 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from .errors import _usd
 from .limits import Limit, as_datetime, window_end
 from .reservation import CounterState
+from .units import Quantity, counter_field, format_quantity, to_usd
 
 __all__ = ["BudgetStatus", "LimitStatus"]
-
-_NANOS = Decimal(1_000_000_000)
-_QTY = {"usd": "nanos", "tokens": "tokens", "requests": "requests"}
-
-
-def to_usd(nanos: int) -> Decimal:
-    return Decimal(nanos) / _NANOS
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +20,7 @@ class LimitStatus:
 
     scope: str
     limit: Limit
-    quantity: str  # "usd", "tokens" or "requests"
+    quantity: Quantity
     per: str
     cap: Decimal | int
     spent: Decimal | int
@@ -46,12 +39,12 @@ class LimitStatus:
         return float((Decimal(self.spent) + Decimal(self.reserved)) / Decimal(self.cap))
 
     def fmt(self, v: Decimal | int) -> str:
-        return f"${_usd(v)}" if self.quantity == "usd" else f"{v:,}"
+        return format_quantity(self.quantity, v, unit=False)
 
 
-def row(scope: str, limit: Limit, quantity: str, st: CounterState) -> LimitStatus:
+def row(scope: str, limit: Limit, quantity: Quantity, st: CounterState) -> LimitStatus:
     """Build a row from a counter, with the same arithmetic enforcement uses."""
-    q = _QTY[quantity]
+    q = counter_field(quantity)
     cap_raw = limit.usd_nanos if quantity == "usd" else limit.value(quantity)
     assert isinstance(cap_raw, int)
     spent, reserved = st.spent.get(q), st.reserved.get(q)

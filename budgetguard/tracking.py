@@ -23,8 +23,8 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
-from .errors import _usd
 from .pricing import Price, resolve_rates
+from .units import format_usd
 from .usage import TokenUsage, usage_from_result
 
 __all__ = ["track_usage", "UsageTracker", "ModelUsage"]
@@ -105,7 +105,7 @@ class UsageTracker(BaseCallbackHandler):
             f"\tCompletion Tokens: {self.completion_tokens}",
             f"\t\tReasoning Tokens: {self.reasoning_tokens}",
             f"Successful Requests: {self.successful_requests}",
-            f"Total Cost (USD): ${_usd(self.total_cost)}",
+            f"Total Cost (USD): {format_usd(self.total_cost)}",
         ]
         if self.unpriced_models:
             lines.append(f"Unpriced models (cost not included): {', '.join(self.unpriced_models)}")

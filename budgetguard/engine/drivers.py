@@ -1,0 +1,211 @@
+"""The only code that performs I/O: one sync and one async driver for the flows.
+
+A driver runs a flow (``flows.py``), carrying out each operation it yields
+against the store or the spool and sending back the result, or throwing
+``BudgetStoreUnavailable`` into it. Both drivers share one ``DriverState``:
+the fail-fast breaker and the spool's replay. The async driver awaits the
+store's async twins (redis.asyncio) and does file I/O in a worker thread,
+never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from ..errors import BudgetStoreUnavailable
+from ..spool import Spool
+from ..stores.base import Store
+from .ops import Flow, Op, Release, Replay, Reserve, Settle, SpoolAppend, Status
+
+__all__ = ["AsyncDriver", "Breaker", "DriverState", "SyncDriver"]
+
+T = TypeVar("T")
+
+
+class Breaker:
+    """After a store failure, refuse at once for one store timeout instead of waiting on it again."""
+
+    __slots__ = ("_down_until", "cooldown", "label")
+
+    def __init__(self, label: str, cooldown: float) -> None:
+        self.label = label
+        self.cooldown = cooldown
+        self._down_until = 0.0  # monotonic
+
+    def is_open(self) -> bool:
+        return bool(self._down_until) and time.monotonic() < self._down_until
+
+    def check(self) -> None:
+        """Raise (nothing sent, so nothing can land late) while the store is known to be down."""
+        if self._down_until and time.monotonic() < self._down_until:
+            raise BudgetStoreUnavailable(
+                self.label, None, problem="is down (it failed moments ago)", sent=False
+            )
+
+    def trip(self) -> None:
+        self._down_until = time.monotonic() + self.cooldown
+
+    def reset(self) -> None:
+        self._down_until = 0.0
+
+
+class DriverState:
+    """What both drivers share: the store, the spool and the breaker."""
+
+    def __init__(self, store: Store, spool: Spool | None) -> None:
+        self.store = store
+        self.spool = spool
+        self.breaker = Breaker(repr(store), getattr(store, "timeout", 1.0))
+        self.started = spool is None  # a spool is looked at on the first operation, not at construction
+
+    def start(self) -> None:
+        """Replay what an earlier process left in the spool (blocking file and store I/O)."""
+        self.started = True
+        if self.spool is not None:
+            self.spool.prepare()
+            if self.spool.pending():
+                self.spool.try_replay(self.store)
+
+    def wants_replay(self) -> bool:
+        return self.spool is not None and self.spool.dirty and not self.breaker.is_open()
+
+    def replay(self) -> None:
+        """Replay this process's spooled writes (blocking); a failure trips the breaker."""
+        if self.spool is None or not self.wants_replay():
+            return
+        try:
+            self.spool.replay(self.store)
+        except BudgetStoreUnavailable:
+            self.spool.dirty = True
+            self.breaker.trip()
+
+    def replay_all(self) -> int:
+        """Replay every spool file now, whatever the breaker says; how many lines were applied."""
+        if self.spool is None:
+            return 0
+        return self.spool.replay(self.store)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        assert self.spool is not None, "a flow spools only when the guard has a spool"
+        self.spool.append(entry)
+
+
+class _Steps:
+    """A flow's position: the pending operation, then its return value."""
+
+    __slots__ = ("done", "flow", "op", "value")
+
+    def __init__(self, flow: Flow[Any]) -> None:
+        self.flow = flow
+        self.done = False
+        self.value: Any = None
+        self.op: Op | None = None
+        self._go(flow.send, None)
+
+    def advance(self, outcome: object) -> None:
+        if isinstance(outcome, BudgetStoreUnavailable):
+            self._go(self.flow.throw, outcome)
+        else:
+            self._go(self.flow.send, outcome)
+
+    def _go(self, step: Callable[[Any], Op], arg: object) -> None:
+        try:
+            self.op = step(arg)
+        except StopIteration as stop:
+            self.done, self.value = True, stop.value
+
+
+class SyncDriver:
+    """Runs flows with the store's sync methods, in the caller's thread."""
+
+    def __init__(self, state: DriverState) -> None:
+        self.state = state
+        store = state.store
+        self._calls: dict[type, Callable[[Any], Any]] = {
+            Reserve: lambda op: store.reserve(op.request),
+            Settle: lambda op: store.settle(op.request),
+            Release: lambda op: store.release(op.lease_id, op.counters),
+            Status: lambda op: store.status(list(op.refs)),
+        }
+
+    def run(self, flow: Flow[T]) -> T:
+        steps = _Steps(flow)
+        while not steps.done:
+            steps.advance(self._attempt(steps.op))
+        return steps.value  # type: ignore[no-any-return]
+
+    def _attempt(self, op: Op | None) -> object:
+        try:
+            return self._do(op)
+        except BudgetStoreUnavailable as exc:
+            return exc
+
+    def _do(self, op: Op | None) -> Any:
+        state = self.state
+        if type(op) is SpoolAppend:
+            return state.append(op.entry)
+        if type(op) is Replay:
+            return state.replay()
+        if not state.started:
+            state.start()
+        state.breaker.check()
+        try:
+            out = self._calls[type(op)](op)
+        except BudgetStoreUnavailable:
+            state.breaker.trip()
+            raise
+        state.breaker.reset()
+        if state.spool is not None:
+            state.replay()
+        return out
+
+
+class AsyncDriver:
+    """Runs flows with the store's async twins; file I/O goes to a worker thread."""
+
+    def __init__(self, state: DriverState) -> None:
+        self.state = state
+        store = state.store
+        self._calls: dict[type, Callable[[Any], Awaitable[Any]]] = {
+            Reserve: lambda op: store.areserve(op.request),
+            Settle: lambda op: store.asettle(op.request),
+            Release: lambda op: store.arelease(op.lease_id, op.counters),
+            Status: lambda op: store.astatus(list(op.refs)),
+        }
+
+    async def run(self, flow: Flow[T]) -> T:
+        steps = _Steps(flow)
+        while not steps.done:
+            steps.advance(await self._attempt(steps.op))
+        return steps.value  # type: ignore[no-any-return]
+
+    async def _attempt(self, op: Op | None) -> object:
+        try:
+            return await self._do(op)
+        except BudgetStoreUnavailable as exc:
+            return exc
+
+    async def _do(self, op: Op | None) -> Any:
+        state = self.state
+        if type(op) is SpoolAppend:
+            return await asyncio.to_thread(state.append, op.entry)
+        if type(op) is Replay:
+            return await self._replay()
+        if not state.started:
+            await asyncio.to_thread(state.start)
+        state.breaker.check()
+        try:
+            out = await self._calls[type(op)](op)
+        except BudgetStoreUnavailable:
+            state.breaker.trip()
+            raise
+        state.breaker.reset()
+        await self._replay()
+        return out
+
+    async def _replay(self) -> None:
+        if self.state.wants_replay():
+            await asyncio.to_thread(self.state.replay)  # file I/O and fsync: off the event loop

@@ -1,0 +1,360 @@
+"""What a guarded call does, written once as generators that yield store operations.
+
+``begin`` estimates a call's worst case and reserves it on every counter
+that applies, all or nothing, or raises. ``end`` prices what the call really
+used and settles the lease exactly once. ``fail`` releases or charges, by the
+rules in the README ("Errors and abandoned streams"). No flow performs I/O:
+the drivers in ``drivers.py`` run them against the store and the spool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import LLMResult
+
+from ..errors import BudgetExceeded, BudgetStoreUnavailable
+from ..estimate import estimate_input_tokens, estimate_text_tokens, max_output_tokens
+from ..pricing import Price, Rates, resolve_rates
+from ..records import CallRecord, Outcome
+from ..reservation import Amount, CounterRef
+from ..spool import encode_release, encode_reserve, encode_settle
+from ..status import BudgetStatus, LimitStatus, row
+from ..stores.base import ReserveRequest, ReserveResult, SettleRequest
+from ..units import QUANTITY_NAMES, to_usd
+from ..usage import TokenUsage, served_model, usage_from_message, usage_from_result
+from . import ops
+from .ops import Flow
+from .pending import Pending, PendingRuns
+from .plans import ModelHint, Plan, Planner
+from .refusals import refusal, states_before
+
+__all__ = ["Flows"]
+
+logger = logging.getLogger("budgetguard")
+
+_PROBE = Amount(1, 1, 1)
+_NO_RATES = Rates("", None, 0, (), 0)
+
+
+class Flows:
+    """The guard's configuration, and every flow over it."""
+
+    def __init__(
+        self,
+        planner: Planner,
+        pending: PendingRuns,
+        *,
+        prices: Mapping[str, Price] | None,
+        default_price: Price | None,
+        lease_ttl: float,
+        default_max_output_tokens: int,
+        on_record: Callable[[CallRecord], None] | None,
+        on_store_error: str,
+        spool_dir: Path | None,
+    ) -> None:
+        self.planner = planner
+        self.pending = pending
+        self.prices = dict(prices or {})
+        self.default_price = default_price
+        self.lease_ttl = lease_ttl
+        self.default_max_output_tokens = default_max_output_tokens
+        self.on_record = on_record
+        self.fail_open = on_store_error == "open"
+        self.spool_dir = spool_dir  # None: no spool, store faults reach the caller
+        self._tag = os.urandom(4).hex()
+        self._spooled_probes: set[str] = set()
+
+    def _rates(self, model: str, provider: str | None) -> Rates:
+        return resolve_rates(model, provider, self.prices, self.default_price)
+
+    # ------------------------------------------------------------ before a call
+
+    def begin(
+        self,
+        run_id: UUID,
+        messages: Sequence[BaseMessage] | None,
+        prompts: Sequence[str] | None,
+        invocation_params: Mapping[str, Any] | None,
+        metadata: Mapping[str, Any],
+        hint: ModelHint,
+    ) -> Flow[None]:
+        if run_id in self.pending:
+            return  # the same guard attached twice (model and chain): reserve once
+        params = invocation_params or {}
+        model = _first_str(
+            params.get("model"),
+            params.get("model_name"),
+            params.get("model_id"),
+            metadata.get("ls_model_name"),
+            hint.model,
+        )
+        provider = _first_str(metadata.get("ls_provider"), hint.provider)
+        plan = self.planner.plan(metadata, hint.soft_ppm)
+        rates = self._rates(model or "", provider)
+        if messages is not None:
+            inp = estimate_input_tokens(messages, params.get("tools") or params.get("functions"))
+        else:
+            inp = 8 + sum(estimate_text_tokens(p) for p in prompts or ())
+        out = max_output_tokens(params, metadata, hint.profile_max, self.default_max_output_tokens)
+        amount = Amount(rates.worst_nanos(inp, out), inp + out, 1)
+        req = ReserveRequest(f"{self._tag}-{run_id.hex}", plan.specs, amount, self.lease_ttl)
+        result = yield from self._reserve_or_spool(req, plan.refs)
+        if result is not None and not result.admitted:
+            raise refusal(plan, result.states, result.violation, amount, rates.model)
+        spooled = result is None
+        self.pending.add(
+            run_id, Pending(req.lease_id, plan.refs, amount, rates, provider, inp, out, spooled=spooled)
+        )
+
+    def _reserve_or_spool(
+        self, req: ReserveRequest, refs: tuple[CounterRef, ...]
+    ) -> Flow[ReserveResult | None]:
+        """Reserve; on a store fault, raise, or (fail open) spool the reserve and return ``None``."""
+        try:
+            result = yield from ops.reserve(req)
+        except BudgetStoreUnavailable as exc:
+            if self.spool_dir is None:
+                raise
+            if not self.fail_open:
+                if exc.sent:  # the reserve may still land (a stall): close it once the store is back
+                    yield from ops.spool_append(encode_release(req.lease_id, refs))
+                raise
+            yield from ops.spool_append(encode_reserve(req))  # fail open: the call goes ahead, on the record
+            return None
+        return result
+
+    # ------------------------------------------------------------ during a stream
+
+    def observe(self, run_id: UUID, chunk_message: BaseMessage | None, text: str) -> None:
+        """Count a streamed chunk (no I/O): what a stream that breaks off is charged."""
+        p = self.pending.get(run_id)
+        if p is None:
+            return
+        p.chunks += 1
+        if text:
+            p.out_seen += estimate_text_tokens(text)
+        if chunk_message is not None and getattr(chunk_message, "usage_metadata", None):
+            u = usage_from_message(chunk_message)
+            if u is not None:
+                p.partial = u if p.partial is None else p.partial + u
+
+    # ------------------------------------------------------------ after a call
+
+    def end(self, run_id: UUID, response: LLMResult) -> Flow[CallRecord | None]:
+        p = self.pending.pop(run_id)
+        if p is None:
+            return None
+        usage, served = usage_from_result(response)
+        if usage is None:
+            usage = p.partial
+        if usage is None:
+            out = sum(estimate_text_tokens(g.text) for gens in response.generations for g in gens)
+            usage = TokenUsage(
+                input_tokens=p.input_est, output_tokens=max(out, p.out_seen, 1), estimated=True
+            )
+        elif usage.input_tokens == 0 and p.input_est > 8 and not usage.cache_hit:
+            # zero input for a non-empty prompt: some proxies drop it; charge our estimate
+            usage = TokenUsage(
+                input_tokens=p.input_est,
+                output_tokens=usage.output_tokens,
+                reasoning=usage.reasoning,
+                output_audio=usage.output_audio,
+                estimated=True,
+            )
+        return (yield from self._settle(p, usage, served))
+
+    def fail(self, run_id: UUID, error: BaseException) -> Flow[CallRecord | None]:
+        p = self.pending.pop(run_id)
+        if p is None:
+            return None
+        if p.chunks == 0 and not isinstance(error, GeneratorExit):
+            yield from self._release(p)
+            return self._emit(p, TokenUsage(), 0, "released", p.rates.model)
+        # Output began (or the consumer walked away): charge what was seen, and
+        # the worst case for what was not, since the provider may have billed it.
+        seen = p.partial or TokenUsage()
+        usage = TokenUsage(
+            input_tokens=max(seen.input_tokens, p.input_est if seen.input_tokens == 0 else 0),
+            output_tokens=max(seen.output_tokens, p.out_seen, p.output_cap),
+            cache_read=seen.cache_read,
+            cache_write=seen.cache_write,
+            estimated=True,
+        )
+        return (yield from self._settle(p, usage, None))
+
+    def _settle(self, p: Pending, usage: TokenUsage, served: str | None) -> Flow[CallRecord | None]:
+        rates = p.rates
+        if served and served != rates.model:
+            try:
+                rates = self._rates(served, p.provider)
+            except LookupError:
+                logger.warning(
+                    "budgetguard: served model %r has no price; charged at %r's rates", served, rates.model
+                )
+        actual = Amount() if usage.cache_hit else Amount(rates.nanos(usage), usage.total_tokens, 1)
+        req = SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=not p.probe)
+        outcome = yield from self._settle_or_spool(p, req)
+        if not p.probe and actual.exceeds(p.amount):
+            logger.warning(
+                "budgetguard: %s call used more than reserved "
+                "(%s > %s nano-USD, %s > %s tokens); recorded in full",
+                rates.model,
+                actual.nanos,
+                p.amount.nanos,
+                actual.tokens,
+                p.amount.tokens,
+            )
+        label: Outcome = "cache_hit" if usage.cache_hit else "estimated" if usage.estimated else outcome
+        if outcome in ("replay", "late"):
+            label = outcome
+        return self._emit(p, usage, actual.nanos, label, rates.model)
+
+    def _settle_or_spool(self, p: Pending, req: SettleRequest) -> Flow[Outcome]:
+        """Settle, or spool the settle: a call that ran is never lost."""
+        if self.spool_dir is not None and p.spooled:
+            yield from ops.spool_append(encode_settle(req))  # after its spooled reserve, in order
+            yield from ops.replay()
+            return "spooled"
+        try:
+            return (yield from ops.settle(req))
+        except BudgetStoreUnavailable:
+            if self.spool_dir is None:
+                raise
+            yield from ops.spool_append(encode_settle(req))
+            logger.warning(
+                "budgetguard: store unavailable; settle of %s spooled to %s", req.lease_id, self.spool_dir
+            )
+            return "spooled"
+
+    def _release(self, p: Pending) -> Flow[None]:
+        if self.spool_dir is not None and p.spooled:
+            yield from ops.spool_append(encode_release(p.lease_id, p.refs))
+            return
+        try:
+            yield from ops.release(p.lease_id, p.refs)
+        except BudgetStoreUnavailable:
+            if self.spool_dir is None:
+                raise
+            yield from ops.spool_append(encode_release(p.lease_id, p.refs))
+
+    def _emit(
+        self, p: Pending, usage: TokenUsage, nanos: int, outcome: Outcome, model: str
+    ) -> CallRecord | None:
+        debug = logger.isEnabledFor(logging.DEBUG)
+        if self.on_record is None and not debug:
+            return None
+        rec = CallRecord(
+            model=model,
+            provider=p.provider,
+            usage=usage,
+            cost_usd=to_usd(nanos),
+            reserved_usd=to_usd(p.amount.nanos),
+            scopes=tuple(r.scope for r in p.refs),
+            outcome=outcome,
+        )
+        if debug:
+            logger.debug("budgetguard: %s", rec)
+        if self.on_record is not None:
+            self.on_record(rec)
+        return rec
+
+    # ------------------------------------------------------------ pipe form
+
+    def record(
+        self, message: BaseMessage, metadata: Mapping[str, Any], model_hint: str | None
+    ) -> Flow[BudgetExceeded | None]:
+        """Record usage that already happened (pipe form, invoke mode).
+
+        Returns a refusal if the budget was already exhausted *before* this
+        call, so that later steps can be stopped; the usage is recorded anyway.
+        """
+        plan = self.planner.plan(metadata)
+        usage, served = _message_usage(message)
+        rates = self._rates(served or model_hint or "", None)
+        actual = Amount(0, 0, 0) if usage.cache_hit else Amount(rates.nanos(usage), usage.total_tokens, 1)
+        p = Pending(self._new_lease(), plan.refs, _PROBE, rates, None, 0, 0, probe=True)
+        reserve = ReserveRequest(p.lease_id, plan.specs, _PROBE, self.lease_ttl, force=True)
+        try:
+            result = yield from ops.reserve(reserve)
+        except BudgetStoreUnavailable:
+            if self.spool_dir is None:
+                raise
+            yield from ops.spool_append(encode_reserve(reserve))  # the call already ran: record it later
+            p.spooled = True
+            result = ReserveResult(True, ())
+        yield from self._settle_or_spool(
+            p, SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=False)
+        )
+        self._emit(p, usage, actual.nanos, "estimated" if usage.estimated else "settled", rates.model)
+        if result.violation is not None and not result.violation.soft:
+            return refusal(plan, states_before(result.states, _PROBE), result.violation, _PROBE, rates.model)
+        return None
+
+    def probe(self, metadata: Mapping[str, Any]) -> Flow[tuple[str, Plan]]:
+        """Pipe form, stream mode: refuse before the model is pulled if no room is left."""
+        plan = self.planner.plan(metadata)
+        req = ReserveRequest(self._new_lease(), plan.specs, _PROBE, self.lease_ttl)
+        try:
+            result = yield from ops.reserve(req)
+        except BudgetStoreUnavailable:
+            if not self.fail_open or self.spool_dir is None:
+                raise
+            yield from ops.spool_append(encode_reserve(req))
+            self._spooled_probes.add(req.lease_id)
+            return req.lease_id, plan
+        if not result.admitted:
+            raise refusal(plan, result.states, result.violation, _PROBE, None)
+        return req.lease_id, plan
+
+    def settle_stream(
+        self, lease_id: str, plan: Plan, message: BaseMessage | None, model_hint: str | None
+    ) -> Flow[CallRecord | None]:
+        spooled = lease_id in self._spooled_probes
+        self._spooled_probes.discard(lease_id)
+        if message is None:  # the model failed before its first chunk: nothing was billed
+            yield from self._release(
+                Pending(lease_id, plan.refs, _PROBE, _NO_RATES, None, 0, 0, spooled=spooled, probe=True)
+            )
+            return None
+        usage, served = _message_usage(message)
+        rates = self._rates(served or model_hint or "", None)
+        p = Pending(lease_id, plan.refs, _PROBE, rates, None, 0, 0, spooled=spooled, probe=True)
+        return (yield from self._settle(p, usage, served))
+
+    def _new_lease(self) -> str:
+        return f"{self._tag}-{os.urandom(12).hex()}"
+
+    # ------------------------------------------------------------ operators
+
+    def status(self, metadata: Mapping[str, Any]) -> Flow[BudgetStatus]:
+        plan, skipped = self.planner.status_plan(metadata)
+        states = yield from ops.status(plan.refs)
+        rows: list[LimitStatus] = []
+        for spec, group, st in zip(plan.specs, plan.groups, states, strict=True):
+            for lim in group:
+                for quantity in QUANTITY_NAMES:
+                    if getattr(lim, quantity) is not None:
+                        rows.append(row(spec.ref.scope, lim, quantity, st))
+        return BudgetStatus(tuple(rows), skipped)
+
+
+def _message_usage(message: BaseMessage) -> tuple[TokenUsage, str | None]:
+    usage = usage_from_message(message)
+    if usage is None:
+        text = message.content if isinstance(message.content, str) else str(message.content)
+        usage = TokenUsage(input_tokens=0, output_tokens=max(estimate_text_tokens(text), 1), estimated=True)
+    return usage, served_model(message)
+
+
+def _first_str(*values: Any) -> str | None:
+    for v in values:
+        if isinstance(v, str) and v:
+            return v
+    return None

@@ -1,0 +1,96 @@
+"""The store operations a flow asks its driver for, as typed values.
+
+A flow never touches the store or the spool: it yields one of these and is
+sent back the result (or has ``BudgetStoreUnavailable`` thrown into it).
+The small ``yield from`` helpers give each result its type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union, cast
+
+from ..reservation import CounterRef, CounterState
+from ..stores.base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest
+
+__all__ = [
+    "Flow",
+    "Op",
+    "Release",
+    "Replay",
+    "Reserve",
+    "Settle",
+    "SpoolAppend",
+    "Status",
+    "release",
+    "replay",
+    "reserve",
+    "settle",
+    "spool_append",
+    "status",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    request: ReserveRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    request: SettleRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    lease_id: str
+    counters: tuple[CounterRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    refs: tuple[CounterRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolAppend:
+    """Write one line to the local spool (fsync'ed) before going on."""
+
+    entry: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Replay the spool into the store now, if it holds lines and the store is up."""
+
+
+Op = Union[Reserve, Settle, Release, Status, SpoolAppend, Replay]  # noqa: UP007 - a runtime alias
+#: A generator that yields operations and returns ``T``.
+Flow = Generator[Op, object, T]
+
+
+def reserve(request: ReserveRequest) -> Flow[ReserveResult]:
+    return cast(ReserveResult, (yield Reserve(request)))
+
+
+def settle(request: SettleRequest) -> Flow[SettleOutcome]:
+    return cast(SettleOutcome, (yield Settle(request)))
+
+
+def release(lease_id: str, counters: tuple[CounterRef, ...]) -> Flow[bool]:
+    return cast(bool, (yield Release(lease_id, counters)))
+
+
+def status(refs: tuple[CounterRef, ...]) -> Flow[list[CounterState]]:
+    return cast("list[CounterState]", (yield Status(refs)))
+
+
+def spool_append(entry: dict[str, Any]) -> Flow[None]:
+    yield SpoolAppend(entry)
+
+
+def replay() -> Flow[None]:
+    yield Replay()

@@ -1,0 +1,92 @@
+"""Which counters a call must fit: limits rendered for the call's metadata.
+
+Limits that land on the same (scope, period) share one counter, capped by
+the tightest of them. A guard whose scopes have no template fields has one
+plan for every call, built once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..limits import DEFAULT_SCOPE, Limit, ScopeTemplate
+from ..reservation import Caps, CounterRef, CounterSpec
+
+__all__ = ["ModelHint", "Plan", "Planner", "build_plan"]
+
+
+@dataclass(slots=True)
+class ModelHint:
+    """What the guard knows of the model it wraps, for calls that do not say."""
+
+    model: str | None = None
+    provider: str | None = None
+    profile_max: int | None = None
+    soft_ppm: int | None = None  # degrade threshold, only on a primary with fallbacks
+
+
+@dataclass(slots=True)
+class Plan:
+    specs: tuple[CounterSpec, ...]
+    groups: tuple[tuple[Limit, ...], ...]  # the limits behind each counter
+
+    @property
+    def refs(self) -> tuple[CounterRef, ...]:
+        return tuple(s.ref for s in self.specs)
+
+
+class Planner:
+    """A guard's limits, ready to be rendered for a call."""
+
+    def __init__(self, limits: Sequence[Limit]) -> None:
+        self.templates = [(ScopeTemplate.parse(lim.scope or DEFAULT_SCOPE), lim) for lim in limits]
+        self._static: dict[int | None, Plan] = {}
+        self._all_static = all(not t.fields for t, _ in self.templates)
+
+    def plan(self, metadata: Mapping[str, Any], soft_ppm: int | None = None) -> Plan:
+        """The counters a call with this metadata must fit (``MissingScope`` if it lacks a field)."""
+        if self._all_static:
+            cached = self._static.get(soft_ppm)
+            if cached is not None:
+                return cached
+        plan = build_plan(self.templates, metadata, soft_ppm)
+        if self._all_static:
+            self._static[soft_ppm] = plan
+        return plan
+
+    def status_plan(self, metadata: Mapping[str, Any]) -> tuple[Plan, tuple[str, ...]]:
+        """The counters these metadata fill, and the limits they cannot (for ``remaining()``)."""
+        applicable: list[tuple[ScopeTemplate, Limit]] = []
+        skipped: list[str] = []
+        for tpl, lim in self.templates:
+            if all(f in metadata for f in tpl.fields):
+                applicable.append((tpl, lim))
+            else:
+                skipped.append(lim.describe())
+        return build_plan(applicable, metadata, None), tuple(skipped)
+
+
+def build_plan(
+    templates: Sequence[tuple[ScopeTemplate, Limit]], metadata: Mapping[str, Any], soft_ppm: int | None
+) -> Plan:
+    order: dict[CounterRef, int] = {}
+    caps: list[Caps] = []
+    groups: list[list[Limit]] = []
+    for tpl, lim in templates:
+        ref = CounterRef(tpl.render(metadata), lim.per)
+        c = Caps(lim.usd_nanos, lim.tokens, lim.requests)
+        i = order.get(ref)
+        if i is None:
+            order[ref] = len(caps)
+            caps.append(c)
+            groups.append([lim])
+        else:
+            caps[i] = caps[i].tightest(c)
+            groups[i].append(lim)
+    specs = tuple(
+        CounterSpec(ref, c, None if soft_ppm is None else c.scaled(soft_ppm))
+        for ref, c in zip(order, caps, strict=True)
+    )
+    return Plan(specs, tuple(tuple(g) for g in groups))
