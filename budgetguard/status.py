@@ -8,8 +8,9 @@ from datetime import datetime
 from decimal import Decimal
 
 from .errors import _usd
-from .limits import Limit, as_datetime, window_end
+from .limits import Limit
 from .reservation import CounterState
+from .windows import as_datetime, window_end
 
 __all__ = ["BudgetStatus", "LimitStatus"]
 

@@ -24,7 +24,7 @@ from langchain_core.outputs import LLMResult
 
 from ..errors import BudgetExceeded, BudgetStoreUnavailable, DegradeRequired, _usd
 from ..estimate import estimate_input_tokens, estimate_text_tokens, max_output_tokens
-from ..limits import DEFAULT_SCOPE, Limit, ScopeTemplate, as_datetime, window_end
+from ..limits import DEFAULT_SCOPE, Limit, ScopeTemplate
 from ..pricing import Price, Rates, resolve_rates
 from ..records import CallRecord, Outcome
 from ..reservation import Amount, Caps, CounterRef, CounterSpec, CounterState, Violation
@@ -32,6 +32,7 @@ from ..spool import Spool, encode_release, encode_reserve, encode_settle
 from ..status import BudgetStatus, LimitStatus, row, to_usd
 from ..stores.base import ReserveRequest, ReserveResult, SettleRequest, Store
 from ..usage import TokenUsage, served_model, usage_from_message, usage_from_result
+from ..windows import as_datetime, window_end
 
 logger = logging.getLogger("budgetguard")
 T = TypeVar("T")

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from ..limits import window_end, window_start
 from ..reservation import (
     Amount,
     CounterRef,
@@ -24,6 +23,7 @@ from ..reservation import (
     apply_settle,
     first_violation,
 )
+from ..windows import window_end, window_start
 from .base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
 
 __all__ = ["MemoryStore"]
