@@ -24,9 +24,9 @@ from ..reservation import (
     first_violation,
 )
 from ..windows import window_end, window_start
-from .base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
+from .base import Connector, ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryConnector", "MemoryStore"]
 
 _Key = tuple[str, str, int]  # scope, per, window start
 
@@ -199,3 +199,13 @@ class MemoryStore(Store):
         with self._lock:
             self._sweep(self._clock())
             return len(self._leases)
+
+
+class MemoryConnector(Connector):
+    """``memory://``: counters in this process (the default)."""
+
+    schemes = ("memory",)
+
+    @classmethod
+    def connect(cls, url: str, *, timeout: float) -> Store:
+        return MemoryStore()
