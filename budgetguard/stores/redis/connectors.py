@@ -20,7 +20,7 @@ from ..base import Connector
 if TYPE_CHECKING:
     from .store import RedisStore
 
-__all__ = ["Clients", "ClusterConnector", "RedisConnector", "SentinelConnector", "SingleConnector"]
+__all__ = ["Clients", "ClusterConnector", "RedisConnector", "SentinelConnector", "SingleConnector", "Target"]
 
 _BAD_DB = "bad Redis database {!r} in the URL; "
 
@@ -31,6 +31,35 @@ class Clients(NamedTuple):
     sync: Any
     asy: Any
     options: dict[str, Any]
+
+
+class Target(NamedTuple):
+    """A URL being connected (its scheme lower case) and the store's connection budget."""
+
+    url: str
+    parts: SplitResult
+    scheme: str
+    timeout: float
+    max_connections: int
+
+    def nodes(self, default_port: int) -> list[tuple[str, int]]:
+        return hosts(self.parts.netloc, default_port)
+
+    def auth(self) -> dict[str, Any]:
+        return credentials(self.parts)
+
+    def common(self) -> dict[str, Any]:
+        """Client options every topology shares: short socket timeouts, no redis-py retries."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        sock = max(self.timeout / 3, 0.05)
+        return {
+            "socket_timeout": sock,
+            "socket_connect_timeout": sock,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+        }
 
 
 class RedisConnector(Connector):
@@ -44,24 +73,8 @@ class RedisConnector(Connector):
 
     @classmethod
     @abc.abstractmethod
-    def clients(
-        cls, url: str, parts: SplitResult, scheme: str, *, timeout: float, max_connections: int
-    ) -> Clients:
-        """Both clients for ``url`` (already split as ``parts``; ``scheme`` lower case)."""
-
-    @staticmethod
-    def common(timeout: float) -> dict[str, Any]:
-        """Client options every topology shares: short socket timeouts, no redis-py retries."""
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        sock = max(timeout / 3, 0.05)
-        return {
-            "socket_timeout": sock,
-            "socket_connect_timeout": sock,
-            "retry": Retry(NoBackoff(), 0),
-            "health_check_interval": 0,
-        }
+    def clients(cls, target: Target) -> Clients:
+        """Both clients for ``target``."""
 
 
 class SingleConnector(RedisConnector):
@@ -70,22 +83,22 @@ class SingleConnector(RedisConnector):
     schemes = ("redis", "rediss", "unix")
 
     @classmethod
-    def clients(
-        cls, url: str, parts: SplitResult, scheme: str, *, timeout: float, max_connections: int
-    ) -> Clients:
+    def clients(cls, target: Target) -> Clients:
         import redis
         import redis.asyncio as aredis
 
-        db_text = parse_qs(parts.query).get("db", [parts.path.strip("/") if scheme != "unix" else ""])[0]
+        parts = target.parts
+        in_path = parts.path.strip("/") if target.scheme != "unix" else ""  # a socket's path is no db
+        db_text = parse_qs(parts.query).get("db", [in_path])[0]
         if db_text and not db_text.isdigit():
             raise ConfigError(_BAD_DB.format(db_text) + "expected e.g. redis://[user:password@]host:6379/0")
         pools = [
             module.BlockingConnectionPool.from_url(
-                url, max_connections=max_connections, timeout=timeout, **cls.common(timeout)
+                target.url, max_connections=target.max_connections, timeout=target.timeout, **target.common()
             )
             for module in (redis, aredis)
         ]
-        label = f"{scheme}://{parts.hostname or parts.path}"
+        label = f"{target.scheme}://{parts.hostname or parts.path}"
         return Clients(
             redis.Redis(connection_pool=pools[0]), aredis.Redis(connection_pool=pools[1]), {"label": label}
         )
@@ -97,9 +110,7 @@ class ClusterConnector(RedisConnector):
     schemes = ("redis+cluster", "rediss+cluster")
 
     @classmethod
-    def clients(
-        cls, url: str, parts: SplitResult, scheme: str, *, timeout: float, max_connections: int
-    ) -> Clients:
+    def clients(cls, target: Target) -> Clients:
         import redis
         import redis.asyncio as aredis
         from redis.asyncio.cluster import ClusterNode as AClusterNode
@@ -108,15 +119,15 @@ class ClusterConnector(RedisConnector):
 
         from .calls import TRANSIENT
 
-        nodes = hosts(parts.netloc, 6379)
-        auth = credentials(parts)
-        ssl = scheme.startswith("rediss")
-        common = cls.common(timeout)
+        nodes = target.nodes(6379)
+        auth = target.auth()
+        ssl = target.scheme.startswith("rediss")
+        common = target.common()
         try:
             sync = redis.RedisCluster(
                 startup_nodes=[ClusterNode(h, p) for h, p in nodes],  # type: ignore[no-untyped-call]
                 connection_pool_class=redis.BlockingConnectionPool,
-                max_connections=max_connections,
+                max_connections=target.max_connections,
                 ssl=ssl,
                 **auth,
                 **common,
@@ -125,7 +136,7 @@ class ClusterConnector(RedisConnector):
             raise BudgetStoreUnavailable("redis+cluster", e) from None
         asy = aredis.RedisCluster(
             startup_nodes=[AClusterNode(h, p) for h, p in nodes],
-            max_connections=max_connections,
+            max_connections=target.max_connections,
             ssl=ssl,
             **auth,
             **{k: v for k, v in common.items() if k != "health_check_interval"},
@@ -139,20 +150,18 @@ class SentinelConnector(RedisConnector):
     schemes = ("redis+sentinel", "rediss+sentinel")
 
     @classmethod
-    def clients(
-        cls, url: str, parts: SplitResult, scheme: str, *, timeout: float, max_connections: int
-    ) -> Clients:
+    def clients(cls, target: Target) -> Clients:
         from redis.asyncio.sentinel import Sentinel as ASentinel
         from redis.sentinel import Sentinel
 
-        nodes = hosts(parts.netloc, 26379)
-        service = unquote(parts.path.strip("/")) or "mymaster"
-        db_text = parse_qs(parts.query).get("db", ["0"])[0]
+        nodes = target.nodes(26379)
+        service = unquote(target.parts.path.strip("/")) or "mymaster"
+        db_text = parse_qs(target.parts.query).get("db", ["0"])[0]
         if not db_text.isdigit():
             raise ConfigError(_BAD_DB.format(db_text) + "use ?db=<number>")
         db = int(db_text)
-        auth = credentials(parts)
-        common = cls.common(timeout)
+        auth = target.auth()
+        common = target.common()
         skw = {"socket_timeout": common["socket_timeout"], "socket_connect_timeout": common["socket_timeout"]}
         sentinel = Sentinel(nodes, sentinel_kwargs=skw, **common)  # type: ignore[no-untyped-call]
         asentinel = ASentinel(nodes, sentinel_kwargs=skw, **common)  # type: ignore[no-untyped-call]

@@ -17,7 +17,7 @@ from ..base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, 
 from . import codec
 from .calls import TRANSIENT, mapped
 from .clients import is_cluster, spool_key, sync_twin
-from .connectors import RedisConnector
+from .connectors import RedisConnector, Target
 from .scripts import SOURCES
 
 __all__ = ["RedisStore"]
@@ -116,9 +116,7 @@ class RedisStore(Store):
             connector = registry.lookup(scheme)
         if connector is None or not issubclass(connector, RedisConnector):
             raise ConfigError(f"unsupported Redis URL scheme {scheme!r}; use {registry.listing(_REDIS)}")
-        sync, asy, own = connector.clients(
-            url, urlsplit(url), scheme, timeout=timeout, max_connections=max_connections
-        )
+        sync, asy, own = connector.clients(Target(url, urlsplit(url), scheme, timeout, max_connections))
         return cls(sync, asy, timeout=timeout, **own, **options)
 
     # ------------------------------------------------------------ plumbing

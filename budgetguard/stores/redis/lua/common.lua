@@ -10,8 +10,8 @@
 --   d:<lease id>   settled/released marker (replays are no-ops)
 --   s              set of "<scope>\t<per>" ever used under this root
 --
--- `local FIELDS = {...}` is not written here: budgetguard/stores/redis/scripts.py generates
--- it from codec.FIELDS (the order of the hash fields and of every reply) and puts it first.
+-- FIELDS (the hash fields, in the order of every reply) is not declared here: scripts.py
+-- generates its line from budgetguard/stores/redis/codec.py's FIELDS and puts it first.
 --
 -- The arithmetic below mirrors budgetguard/reservation.py, function for function, so each
 -- script reads: load the counters, apply the decision, write what changed.
