@@ -1,14 +1,12 @@
-"""Limits, their UTC calendar windows, and scope templates.
+"""Limits and scope templates (the window arithmetic is in ``budgetguard.windows``).
 
 All of it is pure: no clock is read here, callers pass the time in.
 """
 
 from __future__ import annotations
 
-import calendar
 import string
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, ClassVar, Literal
 
@@ -20,18 +18,14 @@ __all__ = [
     "Limit",
     "Period",
     "ScopeTemplate",
-    "window_start",
-    "window_end",
     "DEFAULT_SCOPE",
     "MAX_SCOPE_VALUE",
 ]
 
 Period = Literal["minute", "hour", "day", "week", "month", "lifetime"]
-PERIODS: tuple[str, ...] = ("minute", "hour", "day", "week", "month", "lifetime")
 DEFAULT_SCOPE = "global"
 MAX_SCOPE_VALUE = 256
 _NANOS = Decimal(1_000_000_000)
-_EPOCH_MONDAY = 4 * 86400  # 1970-01-01 was a Thursday; 1970-01-05 a Monday
 
 
 class Limit(BaseModel):
@@ -92,44 +86,6 @@ class Limit(BaseModel):
             parts.append(f"{self.requests:,} requests")
         per = "" if self.per == "lifetime" else f" per {self.per}"
         return f"{' / '.join(parts)}{per} on {self.scope or DEFAULT_SCOPE}"
-
-
-# ---------------------------------------------------------------- windows
-
-
-def window_start(per: str, now: float) -> int:
-    """Start of the UTC calendar window holding ``now`` (epoch seconds)."""
-    t = int(now // 1)
-    if per == "lifetime":
-        return 0
-    if per == "minute":
-        return t - t % 60
-    if per == "hour":
-        return t - t % 3600
-    if per == "day":
-        return t - t % 86400
-    if per == "week":
-        return t - (t - _EPOCH_MONDAY) % (7 * 86400)
-    if per == "month":
-        d = datetime.fromtimestamp(t, tz=timezone.utc)
-        return calendar.timegm((d.year, d.month, 1, 0, 0, 0))
-    raise ConfigError(f"unknown period {per!r}; use one of {', '.join(PERIODS)}")
-
-
-def window_end(per: str, start: int) -> int | None:
-    """When the window that began at ``start`` resets; ``None`` for lifetime."""
-    if per == "lifetime":
-        return None
-    if per == "month":
-        d = datetime.fromtimestamp(start, tz=timezone.utc)
-        y, m = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
-        return calendar.timegm((y, m, 1, 0, 0, 0))
-    step = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}[per]
-    return start + step
-
-
-def as_datetime(ts: int | None) -> datetime | None:
-    return None if ts is None else datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=ts)
 
 
 # ---------------------------------------------------------------- scopes

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from .limits import Limit, as_datetime, window_end
+from .limits import Limit
 from .reservation import CounterState
 from .units import Quantity, counter_field, format_quantity, to_usd
+from .windows import as_datetime, window_end
 
 __all__ = ["BudgetStatus", "LimitStatus"]
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from budgetguard import ConfigError, Limit, MissingScope
-from budgetguard.limits import MAX_SCOPE_VALUE, PERIODS, ScopeTemplate, window_end, window_start
+from budgetguard.limits import MAX_SCOPE_VALUE, ScopeTemplate
+from budgetguard.windows import PERIODS, window_end, window_start
 
 UTC = timezone.utc
 SETTINGS = settings(max_examples=200, deadline=None)

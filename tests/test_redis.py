@@ -899,3 +899,31 @@ def test_a_sentinel_url_finds_the_primary(tmp_path: Any) -> None:
         proc.kill()
         proc.wait(5)
         primary.stop()
+
+
+# ------------------------------------------------------------------ the Lua mirrors budgetguard.windows
+
+
+def test_the_lua_windows_match_budgetguard_windows(redis_server: RedisServer) -> None:
+    from importlib import resources
+
+    from budgetguard.stores.redis.scripts import fields_line
+    from budgetguard.windows import PERIODS, window_end, window_start
+
+    common = (resources.files("budgetguard.stores.redis") / "lua" / "common.lua").read_text(encoding="utf-8")
+    probe = """
+local out = {}
+for i = 1, #ARGV, 2 do
+  local ws = window_start(ARGV[i], tonumber(ARGV[i + 1]))
+  out[#out + 1] = I(ws)
+  out[#out + 1] = I(window_end(ARGV[i], ws) or -1)
+end
+return out
+"""
+    times = [0, 59, 60, 345599, 345600, 951782400, 1709164800, 1735689599, 1735689600, 4102444800, 4107542399]
+    cases = [(per, t) for per in PERIODS for t in times]
+    client = redis_server.client()
+    reply = client.eval(f"{fields_line()}\n{common}\n{probe}", 0, *[v for c in cases for v in c])
+    got = [(int(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+    want = [(window_start(p, t), window_end(p, window_start(p, t)) or -1) for p, t in cases]
+    assert got == want

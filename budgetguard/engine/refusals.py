@@ -6,9 +6,9 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 from ..errors import BudgetExceeded, DegradeRequired
-from ..limits import as_datetime, window_end
 from ..reservation import Amount, CounterState, Violation
 from ..units import format_quantity, quantity_of, to_usd
+from ..windows import as_datetime, window_end
 from .plans import Plan
 
 __all__ = ["refusal", "states_before"]

@@ -1,7 +1,8 @@
 """Where budgets live, chosen by URL as in ``limits``.
 
 ``memory://`` (the default), ``redis://``, ``rediss://``, ``unix://``,
-``redis+cluster://`` and ``redis+sentinel://``.
+``redis+cluster://`` (``rediss+`` for TLS) and ``redis+sentinel://``; the
+schemes are declared by the connectors in ``registry``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 
 from ..errors import ConfigError
+from . import registry
 from .base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
 from .memory import MemoryStore
 
@@ -34,28 +36,14 @@ def store_from_url(url: str | None, *, timeout: float = 1.0) -> Store:
     """
     if url is None:
         url = os.environ.get(ENV_VAR) or "memory://"
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme == "memory":
-        return MemoryStore()
-    if scheme in _REDIS_SCHEMES:
-        from .redis import RedisStore
-
-        return RedisStore.from_url(url, timeout=timeout)
-    raise ConfigError(
-        f"unknown store URL scheme in {_redact(url)!r}; use 'memory://', 'redis://', 'rediss://', "
-        f"'unix://', 'redis+cluster://' or 'redis+sentinel://' (in code with store=... or in ${ENV_VAR})"
-    )
-
-
-_REDIS_SCHEMES = {
-    "redis",
-    "rediss",
-    "unix",
-    "redis+cluster",
-    "rediss+cluster",
-    "redis+sentinel",
-    "rediss+sentinel",
-}
+    _, normalized, connector = registry.resolve(url)
+    if connector is None:
+        schemes = registry.listing(quote="'")
+        raise ConfigError(
+            f"unknown store URL scheme in {_redact(url)!r}; use {schemes} "
+            f"(in code with store=... or in ${ENV_VAR})"
+        )
+    return connector.connect(normalized, timeout=timeout)
 
 
 def _redact(url: str) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 from ..reservation import Amount, CounterRef, CounterSpec, CounterState, Violation
 
 __all__ = [
+    "Connector",
     "Store",
     "ReserveRequest",
     "ReserveResult",
@@ -111,3 +112,19 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections, if any."""
+
+
+class Connector(abc.ABC):
+    """Builds a store from a URL, for the schemes it declares (as the ``limits`` storages do).
+
+    ``budgetguard.stores.registry`` lists every connector; a scheme is named
+    there once and every message that lists schemes reads it from there.
+    """
+
+    #: The URL schemes this connector serves, lower case.
+    schemes: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    @abc.abstractmethod
+    def connect(cls, url: str, *, timeout: float) -> Store:
+        """The store for ``url`` (its scheme already lower case); ``timeout`` bounds each operation."""

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from ..limits import window_end, window_start
 from ..reservation import (
     Amount,
     CounterRef,
@@ -24,9 +23,10 @@ from ..reservation import (
     apply_settle,
     first_violation,
 )
-from .base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
+from ..windows import window_end, window_start
+from .base import Connector, ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryConnector", "MemoryStore"]
 
 _Key = tuple[str, str, int]  # scope, per, window start
 
@@ -199,3 +199,13 @@ class MemoryStore(Store):
         with self._lock:
             self._sweep(self._clock())
             return len(self._leases)
+
+
+class MemoryConnector(Connector):
+    """``memory://``: counters in this process (the default)."""
+
+    schemes = ("memory",)
+
+    @classmethod
+    def connect(cls, url: str, *, timeout: float) -> Store:
+        return MemoryStore()

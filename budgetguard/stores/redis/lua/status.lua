@@ -1,6 +1,6 @@
 -- Read the current-window state of several counters in one round trip.
 -- KEYS: the distinct bases. ARGV: now_us|'' tomb_s grace n, then per counter: base_index scope per
--- Returns 12 values per counter: window start, then the FIELDS of common.lua.
+-- Returns 1 + #FIELDS values per counter: window start, then the FIELDS.
 local now = now_us(ARGV[1])
 local now_ms = math.floor(now / 1000)
 local t = math.floor(now / 1000000)
@@ -12,6 +12,6 @@ for i = 1, n do
   local base = KEYS[tonumber(ARGV[o + 1])]
   local per = ARGV[o + 3]
   local ws = window_start(per, t)
-  fmt_state(out, ws, read_state(counter_key(base, per, ws, ARGV[o + 2])))
+  fmt_state(out, ws, (load(counter_key(base, per, ws, ARGV[o + 2]))))
 end
 return out

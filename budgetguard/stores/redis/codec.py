@@ -1,0 +1,152 @@
+"""What the Redis scripts take and give back: pure encoding, testable without a server.
+
+Keys: a reservation's counters are grouped by the *base* of their root scope,
+``<prefix>{<root>}:`` (one Cluster slot per root), passed as ``KEYS``; each
+counter names its base by index. Arguments are text (integers as decimal
+strings, ``''`` for "none"). Replies are integers: per counter its window
+start, then one value per name in ``FIELDS`` (the counter hash's fields, in
+that order). ``scripts.py`` writes ``FIELDS`` into the Lua, so the two sides
+cannot disagree on the order or the width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from ...errors import ConfigError
+from ...reservation import QUANTITIES, Amount, Caps, CounterRef, CounterSpec, CounterState, Violation
+from ..base import ReserveRequest, ReserveResult, SettleRequest
+
+__all__ = [
+    "FIELDS",
+    "WIDTH",
+    "decode_reserve",
+    "decode_state",
+    "decode_states",
+    "decode_text",
+    "encode_cap",
+    "key_bases",
+    "reserve_head",
+    "reserve_tail",
+    "root_tag",
+    "settle_args",
+    "status_args",
+]
+
+#: The counter hash fields, in reply order: spent (n, t, r), reserved (n, t, r),
+#: overshoot count, overshoot (n, t, r), estimated settles.
+FIELDS = ("sn", "st", "sr", "rn", "rt", "rr", "oc", "on", "ot", "orq", "ec")
+#: Values per counter in a reply: the window start, then ``FIELDS``.
+WIDTH = 1 + len(FIELDS)
+
+SettleMode = Literal["settle", "release"]
+
+
+def root_tag(scope: str) -> str:
+    """The hash tag of a scope: its root (text before the first '/'), brace-free."""
+    root = scope.split("/", 1)[0]
+    return root.replace("{", "%7B").replace("}", "%7D")
+
+
+def key_bases(prefix: str, scopes: Sequence[str], cluster: bool) -> tuple[list[str], list[int]]:
+    """The distinct bases of ``scopes`` (the script's KEYS) and each scope's 1-based index in them.
+
+    On Cluster one script call must stay in one slot, so several roots are refused here.
+    """
+    bases: list[str] = []
+    index: list[int] = []
+    for scope in scopes:
+        base = f"{prefix}{{{root_tag(scope)}}}:"
+        if base not in bases:
+            bases.append(base)
+        index.append(bases.index(base) + 1)
+    if cluster and len(bases) > 1:
+        raise ConfigError(
+            "on Redis Cluster one reservation must stay in one slot, but these scopes have different "
+            f"roots: {sorted({s.split('/', 1)[0] for s in scopes})}. Nest them under one root, e.g. "
+            "'org:{org_id}' and 'org:{org_id}/user:{user_id}'"
+        )
+    return bases, index
+
+
+def encode_cap(v: int | None) -> str:
+    """A cap as script text: ``''`` is no cap."""
+    return "" if v is None else str(int(v))
+
+
+def _caps(caps: Caps | None) -> list[str]:
+    return [encode_cap(v) for v in caps] if caps is not None else ["", "", ""]
+
+
+def reserve_tail(
+    counters: Sequence[CounterSpec], index: Sequence[int], tombstone_ttl: int, grace: int
+) -> list[bytes]:
+    """The reserve arguments that depend only on the counters (the store caches them)."""
+    tail: list[Any] = [tombstone_ttl, grace]
+    for spec, i in zip(counters, index, strict=True):
+        tail += [i, spec.ref.scope, spec.ref.per, *_caps(spec.caps), *_caps(spec.soft)]
+    return [str(v).encode() for v in tail]
+
+
+def reserve_head(req: ReserveRequest, now: str) -> list[Any]:
+    """The reserve arguments of one request: time, lease, ttl (ms), force flag, amount."""
+    a = req.amount
+    return [now, req.lease_id, int(req.ttl * 1000), "1" if req.force else "0", len(req.counters), *a]
+
+
+def settle_args(
+    req: SettleRequest, mode: SettleMode, index: Sequence[int], now: str, tombstone_ttl: int, grace: int
+) -> list[Any]:
+    """The settle script's arguments (``mode`` 'release' drops the lease instead)."""
+    a = req.actual
+    args: list[Any] = [now, req.lease_id, a.nanos, a.tokens, a.requests]
+    args += ["1" if req.estimated else "0", "1" if req.count_overshoot else "0"]
+    args += [tombstone_ttl, grace, mode, len(req.counters)]
+    return args + _refs(req.counters, index)
+
+
+def status_args(
+    refs: Sequence[CounterRef], index: Sequence[int], now: str, tombstone_ttl: int, grace: int
+) -> list[Any]:
+    """The status script's arguments."""
+    return [now, tombstone_ttl, grace, len(refs), *_refs(refs, index)]
+
+
+def _refs(refs: Sequence[CounterRef], index: Sequence[int]) -> list[Any]:
+    out: list[Any] = []
+    for ref, i in zip(refs, index, strict=True):
+        out += [i, ref.scope, ref.per]
+    return out
+
+
+def decode_state(vals: Sequence[Any]) -> CounterState:
+    """One counter of a reply: window start, then the ``FIELDS`` in order."""
+    v = [int(x) for x in vals]
+    return CounterState(
+        window_start=v[0],
+        spent=Amount(v[1], v[2], v[3]),
+        reserved=Amount(v[4], v[5], v[6]),
+        overshoot_count=v[7],
+        overshoot=Amount(v[8], v[9], v[10]),
+        estimated_count=v[11],
+    )
+
+
+def decode_states(reply: Sequence[Any], start: int) -> tuple[CounterState, ...]:
+    """The counters of a reply from position ``start`` on, ``WIDTH`` values each."""
+    return tuple(decode_state(reply[i : i + WIDTH]) for i in range(start, len(reply), WIDTH))
+
+
+def decode_reserve(reply: Sequence[Any]) -> ReserveResult:
+    """``{1}`` (admitted), or ``{admitted, index, quantity, soft, states...}`` (refused or forced)."""
+    if len(reply) == 1:
+        return ReserveResult(bool(int(reply[0])), ())
+    admitted, vi, vq, soft = (int(x) for x in reply[:4])
+    violation = Violation(vi - 1, QUANTITIES[vq - 1], bool(soft)) if vi else None
+    return ReserveResult(bool(admitted), decode_states(reply, 4), violation)
+
+
+def decode_text(v: Any) -> str:
+    """A reply string (bytes unless the client decodes responses)."""
+    return v.decode() if isinstance(v, bytes) else str(v)

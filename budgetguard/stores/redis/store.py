@@ -1,0 +1,285 @@
+"""``RedisStore``: the store operations, each one script call (see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from tenacity import AsyncRetrying, Retrying
+
+from ...errors import ConfigError
+from ...reservation import Amount, CounterRef, CounterSpec, CounterState
+from .. import registry
+from ..base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
+from . import codec
+from .calls import TRANSIENT, mapped
+from .clients import is_cluster, spool_key, sync_twin
+from .connectors import RedisConnector, Target
+from .scripts import SOURCES
+
+__all__ = ["RedisStore"]
+
+_REDIS = [c for c in registry.CONNECTORS if issubclass(c, RedisConnector)]
+
+
+class RedisStore(Store):
+    """A store in Redis: build it from a URL or from clients you already have.
+
+    ``timeout`` bounds every operation, retries included (tenacity): a dead
+    or stalled server becomes ``BudgetStoreUnavailable`` in about that long.
+    Pools block (up to ``timeout``) instead of raising when exhausted.
+
+    Leases that ran out are charged by the scripts themselves, at most 200
+    per root scope per call (the next calls charge the rest); until then an
+    overdue lease still counts against the budget, as reserved.
+    """
+
+    blocking = True
+
+    def __init__(
+        self,
+        client: Any = None,
+        async_client: Any = None,
+        *,
+        prefix: str = "budgetguard:",
+        server_time: bool = True,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 1.0,
+        attempts: int = 3,
+        tombstone_ttl: int = 86400,
+        grace: int = 86400,
+        cluster: bool | None = None,
+        label: str | None = None,
+    ) -> None:
+        _check(client, async_client, prefix, timeout, attempts)
+        if client is None:
+            client = sync_twin(async_client)
+        self.client = client
+        self.async_client = async_client
+        self.supports_sync = client is not None
+        self.prefix = prefix
+        self.server_time = server_time
+        self._clock = clock
+        self.timeout = float(timeout)
+        self.attempts = attempts
+        self.tombstone_ttl = int(tombstone_ttl)
+        self.grace = int(grace)
+        self.cluster = is_cluster(client, async_client) if cluster is None else cluster
+        self.label = label or ("redis+cluster" if self.cluster else "redis")
+        self._sync_scripts = _register(client)
+        self._async_scripts = _register(async_client)
+        self._roots_seen: set[str] = set()
+        self.spool_key = spool_key(client if client is not None else async_client, prefix, self.label)
+        self._tails: dict[tuple[CounterSpec, ...], tuple[list[str], list[bytes]]] = {}
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.label}, prefix={self.prefix!r})"  # never the URL: it may hold a password
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout: float = 1.0,
+        max_connections: int = 50,
+        **options: Any,
+    ) -> RedisStore:
+        """``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://h1:p1,h2:p2``,
+        ``redis+sentinel://h1:p1,h2:p2/<service>`` (the schemes of ``connectors``).
+
+        Socket connect/read timeouts are a third of ``timeout`` so that the
+        retries still fit in it; redis-py's own retries are off (ours bound them).
+        """
+        try:
+            return cls._from_url(url, timeout=timeout, max_connections=max_connections, **options)
+        except ValueError as e:
+            if isinstance(e, ConfigError):
+                raise
+            from .. import _redact
+
+            raise ConfigError(
+                f"bad Redis URL {_redact(url)!r} ({e}); expected e.g. redis://[user:password@]host:6379/0"
+            ) from None
+
+    @classmethod
+    def _from_url(cls, url: str, *, timeout: float, max_connections: int, **options: Any) -> RedisStore:
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        scheme, url, connector = registry.resolve(url)
+        if connector is None:  # not '<scheme>://': let urllib read it, as redis-py will
+            scheme = urlsplit(url).scheme
+            connector = registry.lookup(scheme)
+        if connector is None or not issubclass(connector, RedisConnector):
+            raise ConfigError(f"unsupported Redis URL scheme {scheme!r}; use {registry.listing(_REDIS)}")
+        sync, asy, own = connector.clients(Target(url, urlsplit(url), scheme, timeout, max_connections))
+        return cls(sync, asy, timeout=timeout, **own, **options)
+
+    # ------------------------------------------------------------ plumbing
+
+    def _now(self) -> str:
+        return "" if self.server_time else str(int(self._clock() * 1_000_000))
+
+    def _bases(self, scopes: Sequence[str]) -> tuple[list[str], list[int]]:
+        return codec.key_bases(self.prefix, scopes, self.cluster)
+
+    def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if not self._sync_scripts:
+            raise ConfigError("this RedisStore has only an asyncio client; pass client= for sync calls")
+        script = self._sync_scripts[name]
+        with mapped(self.label, self.timeout, self.attempts) as call:
+            try:  # the common case: one attempt, no retry machinery
+                return script(keys=keys, args=args)
+            except TRANSIENT as e:
+                retrying = Retrying(**call.retry_policy(e))
+            return retrying(script, keys=keys, args=args)
+
+    async def _acall(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if not self._async_scripts:
+            return await asyncio.to_thread(self._call, name, keys, args)
+        script = self._async_scripts[name]
+        with mapped(self.label, self.timeout, self.attempts) as call:
+            try:
+                return await script(keys=keys, args=args)
+            except TRANSIENT as e:
+                retrying = AsyncRetrying(**call.retry_policy(e))
+            return await retrying(script, keys=keys, args=args)
+
+    # ------------------------------------------------------------ arguments
+
+    def _reserve_args(self, req: ReserveRequest) -> tuple[list[str], list[Any]]:
+        cached = self._tails.get(req.counters)  # the per-counter part, encoded once
+        if cached is None:
+            bases, index = self._bases([s.ref.scope for s in req.counters])
+            cached = (bases, codec.reserve_tail(req.counters, index, self.tombstone_ttl, self.grace))
+            if len(self._tails) > 10_000:
+                self._tails.clear()
+            self._tails[req.counters] = cached
+        bases, tail = cached
+        return bases, codec.reserve_head(req, self._now()) + tail
+
+    def _settle_args(self, req: SettleRequest, mode: codec.SettleMode) -> tuple[list[str], list[Any]]:
+        bases, index = self._bases([r.scope for r in req.counters] or ["global"])
+        return bases, codec.settle_args(req, mode, index, self._now(), self.tombstone_ttl, self.grace)
+
+    def _release_args(self, lease_id: str, counters: tuple[CounterRef, ...]) -> tuple[list[str], list[Any]]:
+        return self._settle_args(SettleRequest(lease_id, counters, Amount()), "release")
+
+    def _status_args(self, refs: Sequence[CounterRef]) -> tuple[list[str], list[Any]]:
+        bases, index = self._bases([r.scope for r in refs])
+        return bases, codec.status_args(refs, index, self._now(), self.tombstone_ttl, self.grace)
+
+    # ------------------------------------------------------------ the roots registry
+
+    def _claim_roots(self, bases: list[str]) -> list[str]:
+        """Roots not yet listed by this process (marked listed now; unmarked if the write fails)."""
+        new = [b for b in bases if b not in self._roots_seen]
+        self._roots_seen.update(new)
+        return new
+
+    def _register_roots(self, bases: list[str]) -> None:
+        new = self._claim_roots(bases)
+        if new and self.client is not None:
+            try:
+                self.client.sadd(f"{self.prefix}roots", *new)
+            except TRANSIENT:
+                self._roots_seen.difference_update(new)  # listing only; retry next time
+
+    async def _aregister_roots(self, bases: list[str]) -> None:
+        if self.async_client is None:
+            await asyncio.to_thread(self._register_roots, bases)
+            return
+        new = self._claim_roots(bases)
+        if new:
+            try:
+                await self.async_client.sadd(f"{self.prefix}roots", *new)
+            except TRANSIENT:
+                self._roots_seen.difference_update(new)  # listing only; retry next time
+
+    # ------------------------------------------------------------ the interface
+
+    def reserve(self, req: ReserveRequest) -> ReserveResult:
+        keys, args = self._reserve_args(req)
+        result = codec.decode_reserve(self._call("reserve", keys, args))
+        if result.admitted:
+            self._register_roots(keys)
+        return result
+
+    async def areserve(self, req: ReserveRequest) -> ReserveResult:
+        keys, args = self._reserve_args(req)
+        result = codec.decode_reserve(await self._acall("reserve", keys, args))
+        if result.admitted:
+            await self._aregister_roots(keys)
+        return result
+
+    def settle(self, req: SettleRequest) -> SettleOutcome:
+        keys, args = self._settle_args(req, "settle")
+        return codec.decode_text(self._call("settle", keys, args))  # type: ignore[return-value]
+
+    async def asettle(self, req: SettleRequest) -> SettleOutcome:
+        keys, args = self._settle_args(req, "settle")
+        return codec.decode_text(await self._acall("settle", keys, args))  # type: ignore[return-value]
+
+    def release(self, lease_id: str, counters: tuple[CounterRef, ...]) -> bool:
+        keys, args = self._release_args(lease_id, counters)
+        return codec.decode_text(self._call("settle", keys, args)) == "released"
+
+    async def arelease(self, lease_id: str, counters: tuple[CounterRef, ...]) -> bool:
+        keys, args = self._release_args(lease_id, counters)
+        return codec.decode_text(await self._acall("settle", keys, args)) == "released"
+
+    def status(self, refs: Sequence[CounterRef]) -> list[CounterState]:
+        if not refs:
+            return []
+        keys, args = self._status_args(refs)
+        return list(codec.decode_states(self._call("status", keys, args), 0))
+
+    async def astatus(self, refs: Sequence[CounterRef]) -> list[CounterState]:
+        if not refs:
+            return []
+        keys, args = self._status_args(refs)
+        return list(codec.decode_states(await self._acall("status", keys, args), 0))
+
+    def reset(self, scope: str) -> int:
+        keys, _ = self._bases([scope])
+        return int(self._call("reset", keys, [self._now(), scope]))
+
+    async def areset(self, scope: str) -> int:
+        keys, _ = self._bases([scope])
+        return int(await self._acall("reset", keys, [self._now(), scope]))
+
+    def scopes(self) -> list[tuple[str, str]]:
+        """Every (scope, period) that has held a reservation, without KEYS or SCAN."""
+        if self.client is None:
+            raise ConfigError("scopes() needs a sync client")
+        out: list[tuple[str, str]] = []
+        for base in sorted(codec.decode_text(b) for b in self.client.smembers(f"{self.prefix}roots")):
+            for member in self.client.smembers(f"{base}s"):
+                scope, _, per = codec.decode_text(member).rpartition("\t")
+                out.append((scope, per))
+        return sorted(out)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+def _check(client: Any, async_client: Any, prefix: str, timeout: float, attempts: int) -> None:
+    """Refuse a store that could never work, before any connection is tried."""
+    if client is None and async_client is None:
+        raise ConfigError(
+            "RedisStore needs client= (redis.Redis) and/or async_client=, or use RedisStore.from_url"
+        )
+    if "{" in prefix or "}" in prefix:
+        raise ConfigError(f"prefix {prefix!r} must not contain braces: the store adds the hash tags itself")
+    if not timeout > 0 or attempts < 1:
+        raise ConfigError("timeout must be > 0 seconds and attempts >= 1")
+
+
+def _register(client: Any) -> dict[str, Any]:
+    """The scripts registered on ``client`` (sent by EVALSHA, reloaded after NOSCRIPT)."""
+    return {name: client.register_script(src) for name, src in SOURCES.items()} if client else {}
