@@ -16,6 +16,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import LLMResult
 
+from .model_names import LLM_OUTPUT_KEYS, name_at, served_model_name
 from .providers import RESPONSE_ROOTS, SHAPES, USAGE_METADATA_SHAPE, Shape
 
 __all__ = ["TokenUsage", "usage_from_message", "usage_from_result", "served_model"]
@@ -250,7 +251,7 @@ def usage_from_result(result: LLMResult) -> tuple[TokenUsage | None, str | None]
             model = model or served_model(message)
     if total is None and isinstance(result.llm_output, Mapping):
         total = TokenUsage.from_response_metadata(result.llm_output)
-        model = model or _str_or_none(result.llm_output.get("model_name"))
+        model = model or name_at(result.llm_output, LLM_OUTPUT_KEYS)
     return total, model
 
 
@@ -266,13 +267,4 @@ def sum_messages(messages: Iterable[BaseMessage]) -> TokenUsage | None:
 
 def served_model(message: BaseMessage) -> str | None:
     """The model name the provider says served the call."""
-    meta = getattr(message, "response_metadata", None) or {}
-    for key in ("model_name", "model", "model_id"):
-        name = _str_or_none(meta.get(key))
-        if name:
-            return name
-    return None
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    return served_model_name(getattr(message, "response_metadata", None))
