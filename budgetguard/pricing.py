@@ -11,7 +11,8 @@ Resolution order, first hit wins:
 
 1. ``prices`` given by the caller: the exact model name, then its lower case.
 2. Bundled data, with the provider (LangChain's ``ls_provider`` mapped to a
-   genai-prices id, e.g. ``amazon_bedrock`` -> ``aws``).
+   genai-prices id, e.g. ``amazon_bedrock`` -> ``aws``, by the table in
+   ``data/providers.json``).
 3. Bundled data, provider guessed from the model name.
 4. Bedrock ids: without a region prefix (``us.``, ``eu.`` ...) under ``aws``,
    then the vendor's own name (``anthropic.claude-v2`` -> ``claude-v2``)
@@ -35,32 +36,13 @@ from genai_prices.units import UnitRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ConfigError, UnknownModelPrice
+from .providers import BEDROCK_REGION_PREFIXES, PROVIDER_ALIASES
 from .usage import TokenUsage
 
 __all__ = ["Price", "cost", "cost_nanos", "resolve_rates", "Rates", "NANOS_PER_USD"]
 
 NANOS_PER_USD = 1_000_000_000
 _MTOK = 1_000_000
-
-#: LangChain ``ls_provider`` values -> genai-prices provider ids.
-PROVIDER_ALIASES: dict[str, str] = {
-    "amazon_bedrock": "aws",
-    "bedrock": "aws",
-    "bedrock_converse": "aws",
-    "aws": "aws",
-    "google_genai": "google",
-    "google_vertexai": "google",
-    "google_anthropic_vertex": "anthropic",
-    "vertexai": "google",
-    "azure": "azure",
-    "azure_openai": "azure",
-    "mistralai": "mistral",
-    "fireworks": "fireworks",
-    "together": "together",
-    "xai": "x-ai",
-}
-
-_BEDROCK_REGIONS = ("us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.")
 
 # The usage classes LangChain can report, by genai-prices usage key.
 _REPORTED = (
@@ -317,7 +299,7 @@ def _find(model: str, provider: str | None) -> tuple[str, ModelInfo] | None:
     candidates.append((model, None))
     low = model.lower()
     stripped = low
-    for region in _BEDROCK_REGIONS:
+    for region in BEDROCK_REGION_PREFIXES:
         if low.startswith(region):
             stripped = low[len(region) :]
             break

@@ -7,12 +7,17 @@ LangChain's ``usage_metadata`` is read first; the provider shapes found in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple, cast
 
 from langchain_core.messages import BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import LLMResult
+
+from .model_names import LLM_OUTPUT_KEYS, name_at, served_model_name
+from .providers import RESPONSE_ROOTS, SHAPES, USAGE_METADATA_SHAPE, Shape
 
 __all__ = ["TokenUsage", "usage_from_message", "usage_from_result", "served_model"]
 
@@ -85,67 +90,45 @@ class TokenUsage(NamedTuple):
         """Parse a ``UsageMetadata`` dict; ``None`` if it is missing or impossible."""
         if not isinstance(usage, Mapping):
             return None
-        get = usage.get
-        inp, out = get("input_tokens"), get("output_tokens")
-        if (
-            type(inp) is not int
-            or type(out) is not int
-            or not (0 <= inp <= MAX_TOKENS and 0 <= out <= MAX_TOKENS)
-        ):
-            return None
-        idet, odet = get("input_token_details"), get("output_token_details")
-        cache_read = cache_write = e5 = e1 = audio_in = reasoning = audio_out = 0
-        if idet:
-            if not isinstance(idet, Mapping):
-                return None
-            vals = [_detail(idet, k) for k in _IN_KEYS]
-            if None in vals:
-                return None
-            cache_read, cache_write, e5, e1, audio_in = vals  # type: ignore[assignment]
-            cache_write = max(cache_write, e5 + e1)
-        if odet:
-            if not isinstance(odet, Mapping):
-                return None
-            reasoning_v, audio_out_v = _detail(odet, "reasoning"), _detail(odet, "audio")
-            if reasoning_v is None or audio_out_v is None:
-                return None
-            reasoning, audio_out = reasoning_v, audio_out_v
-        u = cls(
-            inp,
-            out,
-            cache_read,
-            cache_write,
-            e1,
-            audio_in,
-            audio_out,
-            reasoning,
-            False,
-            get("total_cost") == 0,
-        )
-        if cache_read + cache_write + audio_in > inp or reasoning + audio_out > out:
-            return _consistent(u)
-        return u
+        return read_shape(USAGE_METADATA_SHAPE, usage)
 
     @classmethod
     def from_response_metadata(cls, meta: Mapping[str, Any]) -> TokenUsage | None:
-        """Read the provider shapes LangChain leaves in ``response_metadata``."""
+        """Read the provider shapes LangChain leaves in ``response_metadata``.
+
+        Roots are tried in table order; at each, the first shape that claims the
+        mapping there decides it. No reading moves on to the next root, unless
+        the shape is ``final``.
+        """
         if not isinstance(meta, Mapping):
             return None
-        for key in ("token_usage", "usage"):
-            raw = meta.get(key)
-            if isinstance(raw, Mapping):
-                parsed = _provider_usage(raw)
-                if parsed is not None:
-                    return parsed
-        metrics = meta.get("amazon-bedrock-invocationMetrics")
-        if isinstance(metrics, Mapping):
-            return _pair(metrics.get("inputTokenCount"), metrics.get("outputTokenCount"))
-        if "prompt_eval_count" in meta or "eval_count" in meta:  # Ollama
-            return _pair(meta.get("prompt_eval_count"), meta.get("eval_count"))
+        for root, shapes in RESPONSE_ROOTS:
+            found = meta if root is None else meta.get(root)
+            if not isinstance(found, Mapping):
+                continue
+            shape = next((s for s in shapes if s.claims(found)), None)
+            if shape is None:
+                continue
+            parsed = read_shape(shape, found)
+            if parsed is not None or shape.final:
+                return parsed
         return None
 
 
-_IN_KEYS = ("cache_read", "cache_creation", "ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens", "audio")
+# ------------------------------------------------------------ shape interpreter
+
+#: Row targets that are no ``TokenUsage`` field: counts only rules read.
+SCRATCH = ("cache_write_5m",)
+_FIELDS = tuple(f for f in TokenUsage._fields if f not in ("estimated", "cache_hit"))
+
+
+class _Invalid(enum.Enum):
+    """A value that is there but is no token count (wrong type, negative, absurd)."""
+
+    INVALID = 0
+
+
+_INVALID = _Invalid.INVALID
 
 
 def _count(value: Any) -> int | None:
@@ -154,16 +137,45 @@ def _count(value: Any) -> int | None:
     return value
 
 
-def _detail(details: Mapping[str, Any], key: str) -> int | None:
-    value = details.get(key)
-    return 0 if value is None else _count(value)
+def lookup(root: Mapping[str, Any], path: tuple[str, ...], loose: bool = False) -> int | _Invalid | None:
+    """The count at ``path``: ``None`` if absent, ``_INVALID`` if it is no count.
 
-
-def _pair(inp: Any, out: Any) -> TokenUsage | None:
-    i, o = _count(inp), _count(out)
-    if i is None or o is None:
+    A falsy value where nested details belong is absent; any other non-mapping
+    there is invalid, or absent when ``loose``.
+    """
+    node: Any = root
+    for key in path[:-1]:
+        node = node.get(key)
+        if not isinstance(node, Mapping):
+            return None if loose or not node else _INVALID
+    value = node.get(path[-1])
+    if value is None:
         return None
-    return TokenUsage(input_tokens=i, output_tokens=o)
+    n = _count(value)
+    return _INVALID if n is None else n
+
+
+def read_shape(shape: Shape, root: Mapping[str, Any]) -> TokenUsage | None:
+    """Apply one usage shape's rows, then its rules, to the mapping at its root."""
+    counts: dict[str, int] = {}
+    flag = False
+    for row in shape.rows:
+        n = lookup(root, row.path, shape.loose_details)
+        if n is None:
+            if row.need == "required":
+                return None
+        elif n is _INVALID:
+            if row.need != "optional":
+                return None
+            flag = True
+        else:
+            counts[row.to] = n
+    if flag:  # one bad detail discredits them all: keep what is required
+        counts = {r.to: counts[r.to] for r in shape.rows if r.need == "required"}
+    u = TokenUsage._make([*(counts.get(f, 0) for f in _FIELDS), flag, False])
+    for name in shape.rules:
+        u = RULES[name](u, counts, root)
+    return u
 
 
 def _consistent(u: TokenUsage) -> TokenUsage:
@@ -177,53 +189,41 @@ def _consistent(u: TokenUsage) -> TokenUsage:
     return u
 
 
-def _provider_usage(raw: Mapping[str, Any]) -> TokenUsage | None:
-    if "prompt_tokens" in raw or "completion_tokens" in raw:  # OpenAI and compatibles
-        base = _pair(raw.get("prompt_tokens"), raw.get("completion_tokens"))
-        if base is None:
-            return None
-        pdet = raw.get("prompt_tokens_details") or {}
-        cdet = raw.get("completion_tokens_details") or {}
-        if not isinstance(pdet, Mapping) or not isinstance(cdet, Mapping):
-            return base.flagged()
-        vals = [_detail(pdet, "cached_tokens"), _detail(pdet, "audio_tokens")]
-        vals += [_detail(cdet, "reasoning_tokens"), _detail(cdet, "audio_tokens")]
-        if any(v is None for v in vals):
-            return base.flagged()
-        c_read, a_in, reas, a_out = (v or 0 for v in vals)
-        return _consistent(
-            base._replace(cache_read=c_read, input_audio=a_in, reasoning=reas, output_audio=a_out)
-        )
-    if "input_tokens" in raw or "output_tokens" in raw:  # Anthropic (input excludes cache)
-        base = _pair(raw.get("input_tokens"), raw.get("output_tokens"))
-        if base is None:
-            return None
-        cr = _detail(raw, "cache_read_input_tokens")
-        cw = _detail(raw, "cache_creation_input_tokens")
-        creation = raw.get("cache_creation")
-        e1: int | None = 0
-        if isinstance(creation, Mapping):
-            e1 = _detail(creation, "ephemeral_1h_input_tokens")
-        if cr is None or cw is None or e1 is None:
-            return base.flagged()
-        return base._replace(
-            input_tokens=base.input_tokens + cr + cw,
-            cache_read=cr,
-            cache_write=cw,
-            cache_write_1h=min(e1, cw),
-        )
-    if "inputTokens" in raw or "outputTokens" in raw:  # Bedrock Converse
-        base = _pair(raw.get("inputTokens"), raw.get("outputTokens"))
-        if base is None:
-            return None
-        b_read = _detail(raw, "cacheReadInputTokens")
-        b_write = _detail(raw, "cacheWriteInputTokens")
-        if b_read is None or b_write is None:
-            return base.flagged()
-        return base._replace(
-            input_tokens=base.input_tokens + b_read + b_write, cache_read=b_read, cache_write=b_write
-        )
-    return None
+#: A shape rule: the reading so far, every count read (scratch ones too), the root.
+Rule = Callable[[TokenUsage, Mapping[str, int], Mapping[str, Any]], TokenUsage]
+
+#: The adjustments a shape may name in ``providers.json``, by name.
+RULES: Mapping[str, Rule] = MappingProxyType(
+    {
+        # Anthropic and Bedrock Converse count input without the cache.
+        "input_excludes_cache": lambda u, c, r: u._replace(
+            input_tokens=u.input_tokens + u.cache_read + u.cache_write
+        ),
+        "cache_write_1h_within_cache_write": lambda u, c, r: u._replace(
+            cache_write_1h=min(u.cache_write_1h, u.cache_write)
+        ),
+        # LangChain may report the TTL split without (or above) the total.
+        "cache_write_covers_ttls": lambda u, c, r: u._replace(
+            cache_write=max(u.cache_write, c.get("cache_write_5m", 0) + u.cache_write_1h)
+        ),
+        "zero_total_cost_is_cache_hit": lambda u, c, r: u._replace(cache_hit=r.get("total_cost") == 0),
+        "repair_contradictions": lambda u, c, r: _consistent(u),
+    }
+)
+
+
+def _check_tables() -> None:
+    """Fail at import, not mid-call, if the data names a rule or field we lack."""
+    for shape in SHAPES.values():
+        for name in shape.rules:
+            if name not in RULES:
+                raise ValueError(f"providers.json: shape {shape.name!r} names unknown rule {name!r}")
+        for row in shape.rows:
+            if row.to not in _FIELDS and row.to not in SCRATCH:
+                raise ValueError(f"providers.json: shape {shape.name!r} fills unknown field {row.to!r}")
+
+
+_check_tables()
 
 
 def usage_from_message(message: BaseMessage) -> TokenUsage | None:
@@ -251,7 +251,7 @@ def usage_from_result(result: LLMResult) -> tuple[TokenUsage | None, str | None]
             model = model or served_model(message)
     if total is None and isinstance(result.llm_output, Mapping):
         total = TokenUsage.from_response_metadata(result.llm_output)
-        model = model or _str_or_none(result.llm_output.get("model_name"))
+        model = model or name_at(result.llm_output, LLM_OUTPUT_KEYS)
     return total, model
 
 
@@ -267,13 +267,4 @@ def sum_messages(messages: Iterable[BaseMessage]) -> TokenUsage | None:
 
 def served_model(message: BaseMessage) -> str | None:
     """The model name the provider says served the call."""
-    meta = getattr(message, "response_metadata", None) or {}
-    for key in ("model_name", "model", "model_id"):
-        name = _str_or_none(meta.get(key))
-        if name:
-            return name
-    return None
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    return served_model_name(getattr(message, "response_metadata", None))
