@@ -21,6 +21,7 @@ from langchain_core.outputs import LLMResult
 
 from ..errors import BudgetExceeded, BudgetStoreUnavailable
 from ..estimate import estimate_input_tokens, estimate_text_tokens, max_output_tokens
+from ..model_names import call_model_name, first_name
 from ..pricing import Price, Rates, resolve_rates
 from ..records import CallRecord, Outcome
 from ..reservation import Amount, CounterRef
@@ -88,14 +89,8 @@ class Flows:
         if run_id in self.pending:
             return  # the same guard attached twice (model and chain): reserve once
         params = invocation_params or {}
-        model = _first_str(
-            params.get("model"),
-            params.get("model_name"),
-            params.get("model_id"),
-            metadata.get("ls_model_name"),
-            hint.model,
-        )
-        provider = _first_str(metadata.get("ls_provider"), hint.provider)
+        model = call_model_name(params, metadata, hint.model)
+        provider = first_name((metadata.get("ls_provider"), hint.provider))
         plan = self.planner.plan(metadata, hint.soft_ppm)
         rates = self._rates(model or "", provider)
         if messages is not None:
@@ -351,10 +346,3 @@ def _message_usage(message: BaseMessage) -> tuple[TokenUsage, str | None]:
         text = message.content if isinstance(message.content, str) else str(message.content)
         usage = TokenUsage(input_tokens=0, output_tokens=max(estimate_text_tokens(text), 1), estimated=True)
     return usage, served_model(message)
-
-
-def _first_str(*values: Any) -> str | None:
-    for v in values:
-        if isinstance(v, str) and v:
-            return v
-    return None
