@@ -62,23 +62,10 @@ class BudgetGuard(Runnable[Any, Any]):
         store_timeout: float = 1.0,
         spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        settings = GuardSettings.parse(
-            limit_usd=limit_usd,
-            limit_tokens=limit_tokens,
-            limits=limits,
-            fallback=fallback,
-            degrade_at=degrade_at,
-            lease_ttl=lease_ttl,
-            default_max_output_tokens=default_max_output_tokens,
-            prices=prices,
-            default_price=default_price,
-            model=model,
-            on_record=on_record,
-            on_store_error=on_store_error,
-            store_timeout=store_timeout,
-            spool_dir=spool_dir,
-            store=store,
-        )
+        # Every keyword argument, by name: GuardSettings has a field for each and checks them in order.
+        given = dict(locals())
+        del given["self"], given["runnable"]
+        settings = GuardSettings.parse(**given)
         self.engine = Engine(
             settings.limits,
             settings.store,

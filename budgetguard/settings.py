@@ -75,7 +75,7 @@ def _check(*fields: str) -> Callable[[Callable[..., Any]], Any]:
 class GuardSettings(BaseModel):
     """What a guard is configured with, valid; build with ``GuardSettings.parse(**kwargs)``."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True, extra="forbid")
 
     limit_usd: SkipValidation[Decimal | float | int | str | None] = None
     limit_tokens: SkipValidation[int | None] = None
