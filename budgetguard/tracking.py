@@ -23,6 +23,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
+from .adapter.composite import FanOut
 from .pricing import Price, resolve_rates
 from .units import format_usd
 from .usage import TokenUsage, usage_from_result
@@ -191,27 +192,11 @@ class UsageTracker(BaseCallbackHandler):
         self.__exit__(et, ev, tb)
 
 
-class _Trackers(BaseCallbackHandler):
+class _Trackers(FanOut):
     """Every tracker open in this context (nested blocks all count)."""
 
-    def __init__(self, members: tuple[UsageTracker, ...]) -> None:
-        self.members = members
-
-    def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
-        for m in self.members:
-            m.on_chat_model_start(*args, **kwargs)
-
-    def on_llm_start(self, *args: Any, **kwargs: Any) -> None:
-        for m in self.members:
-            m.on_llm_start(*args, **kwargs)
-
-    def on_llm_end(self, *args: Any, **kwargs: Any) -> None:
-        for m in self.members:
-            m.on_llm_end(*args, **kwargs)
-
-    def on_llm_error(self, *args: Any, **kwargs: Any) -> None:
-        for m in self.members:
-            m.on_llm_error(*args, **kwargs)
+    # Trackers count nothing per token: LangChain calls the no-op, as for any handler.
+    on_llm_new_token = BaseCallbackHandler.on_llm_new_token
 
 
 _tracker_var: ContextVar[_Trackers | None] = ContextVar("budgetguard_track_usage", default=None)

@@ -1,0 +1,72 @@
+"""Placing a guard's handler on a chat model, or on a chain or agent around one.
+
+The handler goes on the chat model itself (``model_copy(update={"callbacks":
+...})``): it survives ``bind_tools``, ``with_structured_output`` and streaming,
+and its ``on_chat_model_start`` runs before the provider is contacted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackManager
+from langchain_core.language_models import BaseLanguageModel
+from langchain_core.runnables import Runnable, RunnableBinding
+
+from ..engine import Engine, ModelHint
+from ..errors import ConfigError
+from .handler import BudgetGuardCallback, guard_callback
+
+__all__ = ["guard_runnable", "model_hint"]
+
+
+def model_hint(model: BaseLanguageModel[Any], soft_ppm: int | None) -> ModelHint:
+    """What the model object says of itself, for calls whose parameters do not say."""
+    name = None
+    for attr in ("model_name", "model", "model_id", "deployment_name"):
+        v = getattr(model, attr, None)
+        if isinstance(v, str) and v:
+            name = v
+            break
+    provider = None
+    try:
+        provider = model._get_ls_params().get("ls_provider")
+    except Exception:
+        provider = None
+    profile = getattr(model, "profile", None)
+    profile_max = profile.get("max_output_tokens") if isinstance(profile, Mapping) else None
+    return ModelHint(name, provider, profile_max if isinstance(profile_max, int) else None, soft_ppm)
+
+
+def _with_handler(model: BaseLanguageModel[Any], handler: BudgetGuardCallback) -> BaseLanguageModel[Any]:
+    cbs = model.callbacks
+    if cbs is None:
+        new: Any = [handler]
+    elif isinstance(cbs, list):
+        new = [*cbs, handler]
+    elif isinstance(cbs, BaseCallbackManager):
+        new = cbs.copy()
+        new.add_handler(handler, inherit=False)
+    else:  # pragma: no cover - LangChain allows nothing else
+        raise ConfigError(f"unsupported callbacks on {type(model).__name__}: {cbs!r}")
+    update: dict[str, Any] = {"callbacks": new}
+    # Usage in streams only arrives when asked for (ChatOpenAI with a custom base_url...).
+    if "stream_usage" in type(model).model_fields and getattr(model, "stream_usage", None) is not True:
+        update["stream_usage"] = True
+    return model.model_copy(update=update)
+
+
+def guard_runnable(engine: Engine, runnable: Runnable[Any, Any], soft_ppm: int | None) -> Runnable[Any, Any]:
+    """``runnable`` with the engine's handler on its chat model (or on every model inside it)."""
+    if isinstance(runnable, BaseLanguageModel):
+        return _with_handler(runnable, guard_callback(engine, model_hint(runnable, soft_ppm)))
+    if type(runnable) is RunnableBinding and isinstance(runnable.bound, BaseLanguageModel):
+        return runnable.model_copy(update={"bound": guard_runnable(engine, runnable.bound, soft_ppm)})
+    if soft_ppm is not None:
+        raise ConfigError(
+            "fallback= and degrade_at= work on a chat model; wrap the model inside your chain, "
+            f"not the whole {type(runnable).__name__}"
+        )
+    # A chain or agent: inheritable callbacks reach every model call inside it.
+    return runnable.with_config(callbacks=[guard_callback(engine)])

@@ -1,0 +1,197 @@
+"""``GuardSettings``: ``BudgetGuard``'s keyword arguments, checked once at construction.
+
+The checks run in the order of the fields and stop at the first problem,
+which reaches the caller as is: a ``ConfigError`` naming the fix, or the
+``ValidationError`` of a shorthand ``Limit``. pydantic would fold a ValueError
+raised in a validator (both are) into a ValidationError of its own wording and
+go on with the other fields, so each validator is wrapped (``_as_is``) to raise
+``_Refused`` instead, which pydantic lets through, and ``GuardSettings.parse``
+unwraps it. Values are kept
+as given (``SkipValidation``): the validators below are the whole check.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from langchain_core.runnables import Runnable
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    ValidationInfo,
+    field_validator,
+)
+
+from .errors import ConfigError
+from .estimate import DEFAULT_MAX_OUTPUT_TOKENS
+from .limits import Limit
+from .pricing import Price
+from .records import CallRecord
+from .spool import Spool, default_spool_dir
+from .stores import Store, store_from_url
+
+__all__ = ["GuardSettings"]
+
+T = TypeVar("T")
+
+
+class _Refused(Exception):
+    """Carries a configuration error through pydantic unchanged (see the module docstring)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _as_is(check: Callable[..., T]) -> Callable[..., T]:
+    """A validator whose ValueError (a ConfigError, a Limit's ValidationError) pydantic leaves alone."""
+
+    @functools.wraps(check)
+    def run(*args: Any, **kwargs: Any) -> T:
+        try:
+            return check(*args, **kwargs)
+        except ValueError as e:
+            raise _Refused(e) from None
+
+    return run
+
+
+def _check(*fields: str) -> Callable[[Callable[..., Any]], Any]:
+    """A before-validator of these fields (a classmethod), its errors raised as is."""
+
+    def validator(check: Callable[..., Any]) -> Any:
+        return field_validator(*fields, mode="before")(classmethod(_as_is(check)))
+
+    return validator
+
+
+class GuardSettings(BaseModel):
+    """What a guard is configured with, valid; build with ``GuardSettings.parse(**kwargs)``."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True, extra="forbid")
+
+    limit_usd: SkipValidation[Decimal | float | int | str | None] = None
+    limit_tokens: SkipValidation[int | None] = None
+    #: the shorthand limit (``limit_usd=``/``limit_tokens=``) first, then ``limits=``
+    limits: SkipValidation[tuple[Limit, ...]] = Field(default=(), validate_default=True)
+    fallback: SkipValidation[Runnable[Any, Any] | Sequence[Runnable[Any, Any]] | None] = None
+    degrade_at: SkipValidation[float | None] = None
+    lease_ttl: SkipValidation[float] = 600.0
+    default_max_output_tokens: SkipValidation[int] = DEFAULT_MAX_OUTPUT_TOKENS
+    prices: SkipValidation[Mapping[str, Price] | None] = None
+    default_price: SkipValidation[Price | None] = None
+    model: SkipValidation[str | None] = None
+    on_record: SkipValidation[Callable[[CallRecord], None] | None] = None
+    on_store_error: SkipValidation[Literal["closed", "open"]] = "closed"
+    store_timeout: SkipValidation[float] = 1.0
+    spool_dir: SkipValidation[str | os.PathLike[str] | None] = None
+    #: given as a Store, a URL or None ($BUDGETGUARD_STORE, else memory); a Store once parsed
+    store: SkipValidation[Store] = Field(default=None, validate_default=True)
+
+    @classmethod
+    def parse(cls, **kwargs: Any) -> GuardSettings:
+        """The settings, or the first problem with them raised as is."""
+        try:
+            return cls(**kwargs)
+        except _Refused as refused:
+            error = refused.error
+        raise error  # outside the handler: the caller sees the error alone, as before
+
+    @_check("limits")
+    def _all_limits(cls, v: Sequence[Any], info: ValidationInfo) -> tuple[Limit, ...]:
+        usd, tokens = info.data["limit_usd"], info.data["limit_tokens"]
+        all_limits: list[Limit] = []
+        if usd is not None or tokens is not None:
+            all_limits.append(Limit(usd=usd, tokens=tokens))
+        for lim in v:
+            if not isinstance(lim, Limit):
+                raise ConfigError(
+                    f"limits must hold budgetguard.Limit objects, got {type(lim).__name__}: {lim!r}"
+                )
+            all_limits.append(lim)
+        if not all_limits:
+            raise ConfigError(
+                "BudgetGuard needs a limit: pass limit_usd=, limit_tokens= or limits=[Limit(...)]"
+            )
+        return tuple(all_limits)
+
+    @_check("degrade_at")
+    def _fraction(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                raise ConfigError(f"degrade_at must be a fraction in (0, 1], e.g. 0.8; got {v!r}")
+            if info.data["fallback"] is None:
+                raise ConfigError("degrade_at needs fallback=: the cheaper model(s) to switch to")
+        return v
+
+    @_check("lease_ttl", "store_timeout")
+    def _seconds(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ConfigError(f"{info.field_name} must be a positive number of seconds, got {v!r}")
+        return v
+
+    @_check("default_max_output_tokens")
+    def _max_output(cls, v: Any) -> Any:
+        if type(v) is not int or v <= 0:
+            raise ConfigError(f"default_max_output_tokens must be a positive int, got {v!r}")
+        return v
+
+    @_check("prices")
+    def _prices(cls, v: Any) -> Any:
+        for key, price in (v or {}).items():
+            if not isinstance(price, Price):
+                raise ConfigError(
+                    f"prices[{key!r}] must be budgetguard.Price(input_per_mtok=..., output_per_mtok=...), "
+                    f"got {type(price).__name__}"
+                )
+        return v
+
+    @_check("default_price")
+    def _default_price(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, Price):
+            raise ConfigError("default_price must be a budgetguard.Price")
+        return v
+
+    @_check("on_store_error")
+    def _on_store_error(cls, v: Any) -> Any:
+        if v not in ("closed", "open"):
+            raise ConfigError(
+                f"on_store_error must be 'closed' (refuse calls) or 'open' (allow and spool), got {v!r}"
+            )
+        return v
+
+    @_check("store")
+    def _store(cls, v: Store | str | None, info: ValidationInfo) -> Store:
+        """Last: opening a store from a URL is the one step that builds something."""
+        if v is None or isinstance(v, str):
+            v = store_from_url(v, timeout=float(info.data["store_timeout"]))
+        elif not isinstance(v, Store):
+            raise ConfigError(f"store must be a budgetguard Store or a URL such as 'memory://', got {v!r}")
+        if not v.supports_sync:
+            raise ConfigError(
+                f"{v!r} has only an asyncio client, but the guard checks calls from LangChain's "
+                "callbacks, which are sync: pass client=redis.Redis(...) too (async_client= may stay)"
+            )
+        return v
+
+    @property
+    def fallbacks(self) -> tuple[Runnable[Any, Any], ...]:
+        """``fallback=`` as a tuple: one runnable, several, or none."""
+        if self.fallback is None:
+            return ()
+        if isinstance(self.fallback, Runnable):
+            return (self.fallback,)
+        return tuple(self.fallback)
+
+    def spool(self) -> Spool | None:
+        """Where store writes wait while a network store is down (and for ``spool_dir=``)."""
+        if self.spool_dir is not None or self.store.blocking:
+            return Spool(Path(self.spool_dir or default_spool_dir()) / self.store.spool_key)
+        return None
