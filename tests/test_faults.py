@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clock import FakeClock
 from redis_servers import RedisServer
 
 from budgetguard import BudgetGuard, CallRecord, Limit, MemoryStore
@@ -689,8 +690,8 @@ SPEC = CounterSpec(REF, Caps(None, 10_000, None))
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])
 def test_a_replayed_settle_never_counts_twice(redis_server: RedisServer, kind: str) -> None:
-    now = [time.time() + 10 * 86400]
-    store = dict(_stores(redis_server.url, lambda: now[0]))[kind]
+    clock = FakeClock(time.time() + 10 * 86400)
+    store = dict(_stores(redis_server.url, clock))[kind]
     actual = Amount(7, 30, 1)
     # a live lease
     store.reserve(ReserveRequest("live", (SPEC,), Amount(9, 100, 1), 60))
@@ -698,7 +699,7 @@ def test_a_replayed_settle_never_counts_twice(redis_server: RedisServer, kind: s
     assert store.settle(live) == "settled"
     # an expired lease (charged its estimate, then settled late)
     store.reserve(ReserveRequest("expired", (SPEC,), Amount(9, 100, 1), 1))
-    now[0] += 2
+    clock.advance(2)
     late = SettleRequest("expired", (REF,), actual)
     assert store.settle(late) == "late"
     # a lease this store never saw
@@ -741,11 +742,11 @@ def test_a_replayed_reserve_after_its_lease_expired_never_counts_twice(
     The replay must not open a second lease: the settle that follows must
     replace the expiry charge (a 'late' settle), not add to it.
     """
-    now = [time.time() + 10 * 86400]
-    store = dict(_stores(redis_server.url, lambda: now[0]))[kind]
+    clock = FakeClock(time.time() + 10 * 86400)
+    store = dict(_stores(redis_server.url, clock))[kind]
     estimate, actual = Amount(9, 100, 1), Amount(7, 30, 1)
     store.reserve(ReserveRequest("L", (SPEC,), estimate, 1))
-    now[0] += 2  # the lease expires: charged its estimate
+    clock.advance(2)  # the lease expires: charged its estimate
     assert store.status([REF])[0].spent == estimate
     store.reserve(ReserveRequest("L", (SPEC,), estimate, 1, force=True))  # the spool's replay
     outcome = store.settle(SettleRequest("L", (REF,), actual))
