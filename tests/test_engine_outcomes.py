@@ -12,6 +12,7 @@ internal restructuring. Redis is always a real redis-server.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -22,6 +23,7 @@ from clock import FakeClock
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from redis_servers import RedisServer
+from stall_proxy import StallProxy
 
 from budgetguard import (
     BudgetExceeded,
@@ -213,8 +215,8 @@ def test_a_settle_the_store_already_applied_is_recorded_replay(
 ) -> None:
     """The store had already applied this settle: ``on_record`` says "replay", never "estimated".
 
-    A consumer that totals its own ledger from ``on_record`` skips "replay"
-    records; the records it keeps must add up to what the store charged.
+    The record still carries the call's cost, which the store charged once
+    (by the delivery it applied), whether or not the provider reported usage.
     """
     store: Store
     if kind == "memory":
@@ -236,6 +238,55 @@ def test_a_settle_the_store_already_applied_is_recorded_replay(
     assert held(guard)["requests"] == (3, 0)
     assert held(guard)["usd"] == (sum((r.cost_usd for r in records), Decimal(0)), 0)
     store.close()
+
+
+@pytest.mark.parametrize("usage_reported", [False, True], ids=["usage-missing", "usage-reported"])
+def test_a_settle_whose_reply_was_lost_and_retried_is_recorded_replay(
+    fresh_redis: RedisServer, tmp_path: Path, usage_reported: bool
+) -> None:
+    """Real Redis behind a proxy: the settle is applied, its reply is lost, the store retries.
+
+    store_timeout=3 s: each attempt waits 1 s for its reply. Replies are held
+    from the first chunk on; the first settle attempt times out after the
+    server applied it, the retry (a new connection) is answered once the
+    network heals 1.5 s later, and Redis says it already had that settle.
+    """
+    proxy = StallProxy(fresh_redis.port).start()
+    records: list[CallRecord] = []
+    try:
+        guard = BudgetGuard(
+            limits=LIMITS, store=proxy.url, store_timeout=3.0, on_record=records.append, spool_dir=tmp_path
+        )
+        llm = FakeChatModel(input_tokens=50, output_tokens=10, max_tokens=64, usage_on_stream=usage_reported)
+        guarded = guard.wrap(llm)
+        guarded.invoke("warm up: the pool's connections and the store's scripts are loaded")
+        (warm,) = records
+        stream = iter(guarded.stream("hi"))
+        next(stream)
+        proxy.stall_replies()
+        healer = threading.Timer(1.5, proxy.resume)
+        healer.start()
+        t0 = time.monotonic()
+        try:
+            for _ in stream:  # the last chunk ends the call: the settle goes out now
+                pass
+        finally:
+            healer.join()
+        took = later_than(t0)
+        (_, rec) = records
+        print(f"\n[lost reply] settle answered after {took:.2f}s: {rec.outcome}")
+        assert rec.outcome == "replay", (
+            f"the retried settle was answered 'already applied' by Redis, but on_record got {rec.outcome!r}"
+        )
+        assert rec.estimated is (not usage_reported)
+        assert 1.0 <= took < 3.0, f"the settle took {took:.2f}s: it was not one lost reply and one retry"
+        assert held(guard) == {
+            "usd": (warm.cost_usd + rec.cost_usd, 0),
+            "tokens": (warm.usage.total_tokens + rec.usage.total_tokens, 0),
+            "requests": (2, 0),
+        }, "each call was charged once"
+    finally:
+        proxy.close()
 
 
 # ------------------------------------------------------------------ c: one reservation per call
