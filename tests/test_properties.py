@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+from clock import FakeClock
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -227,14 +228,6 @@ def test_expire_then_late_settle_reconciles() -> None:
 # --------------------------------------------------------------------------- MemoryStore
 
 
-class FakeClock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 LIFETIME = CounterRef("global", "lifetime")
 MINUTE = CounterRef("user:1", "minute")
 
@@ -295,7 +288,7 @@ def test_memory_store_random_operations(data: st.DataObject) -> None:
         op = data.draw(st.sampled_from(ops), label="op")
         event(op)
         if op == "tick":
-            clock.t += data.draw(st.sampled_from([0.5, 1, 10, 59, 60, 61, 300]), label="dt")
+            clock.advance(data.draw(st.sampled_from([0.5, 1, 10, 59, 60, 61, 300]), label="dt"))
             sweep()
             fits(store.status(refs))
         elif op == "reserve":
@@ -401,9 +394,9 @@ def test_memory_store_settle_is_idempotent() -> None:
 def test_memory_store_expired_lease_charged_then_late_settle_reconciles() -> None:
     clock, store, specs = _store()
     assert store.reserve(ReserveRequest("a", specs, Amount(600, 60, 1), ttl=30)).admitted
-    clock.t += 29
+    clock.advance(29)
     assert store.status([LIFETIME])[0].reserved == Amount(600, 60, 1)
-    clock.t += 1  # expires_at reached
+    clock.advance(1)  # expires_at reached
     st_ = store.status([LIFETIME])[0]
     assert st_.reserved == Amount()
     assert st_.spent == Amount(600, 60, 1)  # the estimate is charged

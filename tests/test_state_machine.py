@@ -7,6 +7,9 @@ request <= cap``, settle exactly once (live, expired = "late", never seen =
 leases that run out are charged their reservation, calendar windows in UTC.
 Both stores share one fake clock; the Redis one runs against a real
 redis-server with ``server_time=False`` and a new key prefix per example.
+Every outcome the test requires is reachable by construction: settles and
+releases can pick among the leases the model holds live, expired or closed,
+and one rule moves the clock past a live lease's expiry before settling it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
+from clock import FakeClock
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -67,12 +71,20 @@ Key = tuple[str, str, int]
 class Model:
     """The reference: counters are 11 ints (spent x3, reserved x3, overshoots x4, estimated)."""
 
-    def __init__(self, now: int) -> None:
-        self.now = now
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock  # the stores read the same clock
         self.counters: dict[Key, list[int]] = {}
         self.leases: dict[str, tuple[tuple[Key, ...], tuple[int, int, int], int]] = {}
         self.expired: dict[str, tuple[tuple[Key, ...], tuple[int, int, int]]] = {}
         self.closed: set[str] = set()
+
+    @property
+    def now(self) -> int:
+        return int(self.clock.t)
+
+    @now.setter
+    def now(self, t: int) -> None:
+        self.clock.t = float(t)
 
     def c(self, key: Key) -> list[int]:
         return self.counters.setdefault(key, [0] * 11)
@@ -222,9 +234,9 @@ class StoresVsModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.model = Model(START)
+        clock = FakeClock(START)
+        self.model = Model(clock)
         self.prefix = f"sm-{os.urandom(6).hex()}:"
-        clock = self.clock
         base = type(self).redis_base
         self.stores: list[tuple[str, Store]] = [
             ("memory", MemoryStore(clock=clock, tombstone_ttl=TOMBSTONE)),
@@ -243,9 +255,6 @@ class StoresVsModel(RuleBasedStateMachine):
         self.next_id = 0
         self.lease_refs: dict[str, list[CounterRef]] = {}
         self.settles: dict[str, SettleRequest] = {}
-
-    def clock(self) -> float:
-        return float(self.model.now)
 
     def teardown(self) -> None:
         client = type(self).redis_base.client
@@ -353,18 +362,46 @@ class StoresVsModel(RuleBasedStateMachine):
         act=actual_st,
         est=st.booleans(),
         over=st.booleans(),
-        unknown=st.sampled_from([False, False, False, False, True]),
+        among=st.sampled_from(["any", "live", "live", "live", "expired", "closed", "unknown"]),
         idx=subset_st,
     )
     def settle(
-        self, pick: int, act: tuple[int, int, int], est: bool, over: bool, unknown: bool, idx: list[int]
+        self, pick: int, act: tuple[int, int, int], est: bool, over: bool, among: str, idx: list[int]
     ) -> None:
-        if unknown:
+        """Settle a lease picked among all ids, or among those the model holds live, expired or closed.
+
+        The pick only steers which id is settled (an empty group falls back to
+        any id); what the settle must do is the model's answer, as for any id.
+        """
+        if among == "unknown":
             lease_id = self.fresh_id()
             self.lease_refs[lease_id] = [REFS[i] for i in idx]
         else:
-            leases = self.all_leases()
+            m = self.model
+            m.sweep()
+            groups = {
+                "live": sorted(m.leases),
+                "expired": sorted(m.expired),
+                "closed": sorted(m.closed & set(self.lease_refs)),
+            }
+            leases = groups.get(among) or self.all_leases()
             lease_id = leases[pick % len(leases)]
+        self._settle(lease_id, act, est, over)
+
+    @precondition(lambda self: self.model.leases and self.model.now - START < MAX_ADVANCE)
+    @rule(pick=st.integers(0, 10**6), past=st.integers(0, 3), act=actual_st, est=st.booleans())
+    def settle_after_the_lease_ran_out(
+        self, pick: int, past: int, act: tuple[int, int, int], est: bool
+    ) -> None:
+        """A call outlives its lease: the clock passes the lease's expiry, then the call settles."""
+        m = self.model
+        live = sorted(m.leases)
+        lease_id = live[pick % len(live)]
+        m.now = max(m.leases[lease_id][2] + past, m.now)
+        self.count("clock past a lease")
+        assert self._settle(lease_id, act, est, True) == "late", "the model missed an expired lease"
+
+    def _settle(self, lease_id: str, act: tuple[int, int, int], est: bool, over: bool) -> str:
         refs = self.lease_refs[lease_id]
         req = SettleRequest(lease_id, tuple(refs), Amount(*act), est, over)
         want = self.model.settle(lease_id, refs, act, est, over)
@@ -373,6 +410,7 @@ class StoresVsModel(RuleBasedStateMachine):
             assert got == want, f"{name}: settle {lease_id} -> {got!r}, model {want!r}"
         self.settles.setdefault(lease_id, req)
         self.count(want)
+        return want
 
     @precondition(lambda self: self.settles)
     @rule(pick=st.integers(0, 10**6))
@@ -390,9 +428,12 @@ class StoresVsModel(RuleBasedStateMachine):
         self.count("replayed settle")
 
     @precondition(lambda self: self.lease_refs)
-    @rule(pick=st.integers(0, 10**6))
-    def release(self, pick: int) -> None:
-        leases = self.all_leases()
+    @rule(pick=st.integers(0, 10**6), among=st.sampled_from(["any", "live", "expired"]))
+    def release(self, pick: int, among: str) -> None:
+        m = self.model
+        m.sweep()
+        groups = {"live": sorted(m.leases), "expired": sorted(m.expired)}
+        leases = groups.get(among) or self.all_leases()  # steers the pick; the model decides
         lease_id = leases[pick % len(leases)]
         refs = tuple(self.lease_refs[lease_id])
         want = self.model.release(lease_id)
@@ -486,22 +527,22 @@ def test_status_of_one_counter_charges_an_expired_lease_filed_under_another_root
     RedisStore files the lease under the first counter's root and sweeps only
     the roots it is asked about, so ``org:x`` alone still shows it reserved.
     """
-    now = [START]
+    clock = FakeClock(START)
     store: Store
     if kind == "memory":
-        store = MemoryStore(clock=lambda: now[0])
+        store = MemoryStore(clock=clock)
     else:
         store = RedisStore(
             redis_base.client,
             redis_base.async_client,
             prefix=f"sm-{os.urandom(6).hex()}:",
             server_time=False,
-            clock=lambda: now[0],
+            clock=clock,
         )
     a, x = CounterRef("user:a", "lifetime"), CounterRef("org:x", "lifetime")
     amount = Amount(5, 50, 1)
     store.reserve(ReserveRequest("L", (CounterSpec(a, Caps()), CounterSpec(x, Caps())), amount, 1.0))
-    now[0] += 2
+    clock.advance(2)
     (org,) = store.status([x])
     assert (org.spent, org.reserved, org.estimated_count) == (amount, Amount(), 1), (
         f"{kind}: org:x read alone shows spent {org.spent}, reserved {org.reserved} for a lease that "
