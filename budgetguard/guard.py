@@ -140,9 +140,7 @@ class BudgetGuard(Runnable[Any, Any]):
 
     def replay_spool(self) -> int:
         """Replay spooled store writes now (done by itself once the store answers again)."""
-        if self.engine.spool is None:
-            return 0
-        return self.engine.spool.replay(self.store)
+        return self.engine.replay_spool()
 
     def reset(self, scope: str = "global") -> int:
         """Zero a scope's counters (every period). Returns how many were reset."""

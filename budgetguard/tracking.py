@@ -24,6 +24,7 @@ from langchain_core.outputs import LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
 from .adapter.composite import FanOut
+from .model_names import call_model_name
 from .pricing import Price, resolve_rates
 from .units import format_usd
 from .usage import TokenUsage, usage_from_result
@@ -132,8 +133,8 @@ class UsageTracker(BaseCallbackHandler):
     ) -> None:
         params = invocation_params or {}
         meta = metadata or {}
-        model = params.get("model") or params.get("model_name") or meta.get("ls_model_name")
-        self._runs[run_id] = (model if isinstance(model, str) else None, meta.get("ls_provider"))
+        model = call_model_name(params, meta)
+        self._runs[run_id] = (model, meta.get("ls_provider"))
 
     def on_llm_start(
         self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any

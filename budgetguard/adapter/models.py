@@ -16,6 +16,7 @@ from langchain_core.runnables import Runnable, RunnableBinding
 
 from ..engine import Engine, ModelHint
 from ..errors import ConfigError
+from ..model_names import configured_model_name
 from .handler import BudgetGuardCallback, guard_callback
 
 __all__ = ["guard_runnable", "model_hint"]
@@ -23,12 +24,7 @@ __all__ = ["guard_runnable", "model_hint"]
 
 def model_hint(model: BaseLanguageModel[Any], soft_ppm: int | None) -> ModelHint:
     """What the model object says of itself, for calls whose parameters do not say."""
-    name = None
-    for attr in ("model_name", "model", "model_id", "deployment_name"):
-        v = getattr(model, attr, None)
-        if isinstance(v, str) and v:
-            name = v
-            break
+    name = configured_model_name(model)
     provider = None
     try:
         provider = model._get_ls_params().get("ls_provider")
