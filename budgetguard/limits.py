@@ -113,7 +113,6 @@ class ScopeTemplate:
             return cached
         if not isinstance(template, str) or not template.strip():
             raise ConfigError(f"scope {template!r} is empty; use e.g. 'global' or 'user:{{user_id}}'")
-        parts: list[tuple[str, str | None]] = []
         try:
             parsed = list(string.Formatter().parse(template))
         except ValueError as e:
@@ -121,17 +120,10 @@ class ScopeTemplate:
                 f"scope {template!r} is not a valid template ({e}); "
                 "write fields as {name}, and double braces for literal ones"
             ) from None
+        parts: list[tuple[str, str | None]] = []
         for literal, field, spec, conv in parsed:
-            if field is not None and (not field.isidentifier() or spec or conv):
-                raise ConfigError(
-                    f"scope {template!r}: field {{{field}{'!' + conv if conv else ''}"
-                    f"{':' + spec if spec else ''}}} must be a plain metadata key such as {{user_id}}"
-                )
-            if field is not None and parts and parts[-1][1] is not None and not literal:
-                raise ConfigError(
-                    f"scope {template!r}: fields {{{parts[-1][1]}}} and {{{field}}} need a separator "
-                    "between them, e.g. '{org_id}/{user_id}'"
-                )
+            if field is not None:
+                _check_field(template, field, spec, conv, parts[-1][1] if parts and not literal else None)
             parts.append((literal, field))
         tpl = cls(template, tuple(parts))
         cls._cache[template] = tpl
@@ -157,6 +149,20 @@ class ScopeTemplate:
                 raise MissingScope(self.template, field, f"is longer than {MAX_SCOPE_VALUE} characters")
             out.append(_encode(text))
         return "".join(out)
+
+
+def _check_field(template: str, field: str, spec: str | None, conv: str | None, previous: str | None) -> None:
+    """A field must be a plain metadata key, apart from the field before it (``previous``)."""
+    if not field.isidentifier() or spec or conv:
+        raise ConfigError(
+            f"scope {template!r}: field {{{field}{'!' + conv if conv else ''}"
+            f"{':' + spec if spec else ''}}} must be a plain metadata key such as {{user_id}}"
+        )
+    if previous is not None:
+        raise ConfigError(
+            f"scope {template!r}: fields {{{previous}}} and {{{field}}} need a separator "
+            "between them, e.g. '{org_id}/{user_id}'"
+        )
 
 
 def _encode(text: str) -> str:
