@@ -20,7 +20,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from .adapter.enforce import enforcing
 from .adapter.models import guard_runnable
 from .adapter.modes import Pipe, Wrapped
-from .engine import Engine
+from .engine import Engine, EngineConfig
 from .errors import BudgetExceeded, ConfigError
 from .estimate import DEFAULT_MAX_OUTPUT_TOKENS
 from .limits import Limit
@@ -66,17 +66,15 @@ class BudgetGuard(Runnable[Any, Any]):
         given = dict(locals())
         del given["self"], given["runnable"]
         settings = GuardSettings.parse(**given)
-        self.engine = Engine(
-            settings.limits,
-            settings.store,
-            prices=settings.prices,
+        config = EngineConfig(
+            prices=dict(settings.prices or {}),
             default_price=settings.default_price,
             lease_ttl=float(settings.lease_ttl),
             default_max_output_tokens=settings.default_max_output_tokens,
             on_record=settings.on_record,
             on_store_error=settings.on_store_error,
-            spool=settings.spool(),
         )
+        self.engine = Engine(settings.limits, settings.store, config, settings.spool())
         self.fallbacks: tuple[Runnable[Any, Any], ...] = settings.fallbacks
         self.degrade_at = settings.degrade_at
         self.model_hint = settings.model

@@ -43,6 +43,16 @@ class ModelUsage:
     estimated_requests: int = 0
 
 
+class _Total:
+    """A token total over every model, read from the summed ``TokenUsage``."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def __get__(self, tracker: UsageTracker, owner: type | None = None) -> int:
+        return int(getattr(tracker._sum(), self.field))
+
+
 class UsageTracker(BaseCallbackHandler):
     """Collects usage; read its attributes, ``by_model`` or ``str()``."""
 
@@ -62,29 +72,12 @@ class UsageTracker(BaseCallbackHandler):
             total = total + m.usage
         return total
 
-    @property
-    def prompt_tokens(self) -> int:
-        return self._sum().input_tokens
-
-    @property
-    def completion_tokens(self) -> int:
-        return self._sum().output_tokens
-
-    @property
-    def total_tokens(self) -> int:
-        return self._sum().total_tokens
-
-    @property
-    def cached_tokens(self) -> int:
-        return self._sum().cache_read
-
-    @property
-    def cache_write_tokens(self) -> int:
-        return self._sum().cache_write
-
-    @property
-    def reasoning_tokens(self) -> int:
-        return self._sum().reasoning
+    prompt_tokens = _Total("input_tokens")
+    completion_tokens = _Total("output_tokens")
+    total_tokens = _Total("total_tokens")
+    cached_tokens = _Total("cache_read")
+    cache_write_tokens = _Total("cache_write")
+    reasoning_tokens = _Total("reasoning")
 
     @property
     def successful_requests(self) -> int:

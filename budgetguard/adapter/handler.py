@@ -22,7 +22,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
-from ..engine import Engine, ModelHint
+from ..engine import CallStart, Engine, ModelHint
 from .compat import on_async_path
 from .composite import AsyncFanOut, FanOut
 from .logs import quiet_refusals
@@ -58,13 +58,9 @@ class _Core:
         kwargs: dict[str, Any],
     ) -> T:
         """``engine.begin`` or ``engine.abegin`` for a start event's keyword arguments."""
+        meta = self._meta(kwargs.get("metadata"))
         return begin(
-            kwargs["run_id"],
-            messages,
-            prompts,
-            kwargs.get("invocation_params"),
-            self._meta(kwargs.get("metadata")),
-            self.hint,
+            CallStart(kwargs["run_id"], messages, prompts, kwargs.get("invocation_params"), meta, self.hint)
         )
 
     def _observe(self, token: Any, kwargs: dict[str, Any]) -> None:

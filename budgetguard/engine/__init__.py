@@ -9,7 +9,7 @@ replay), ``pending`` (calls in flight) and ``refusals`` (the errors).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -18,17 +18,17 @@ from langchain_core.outputs import LLMResult
 
 from ..errors import BudgetExceeded
 from ..limits import Limit
-from ..pricing import Price
 from ..records import CallRecord
 from ..spool import Spool
 from ..status import BudgetStatus
 from ..stores.base import Store
+from .config import EngineConfig
 from .drivers import AsyncDriver, DriverState, SyncDriver
 from .flows import Flows
 from .pending import PendingRuns
-from .plans import ModelHint, Plan, Planner
+from .plans import CallStart, ModelHint, Plan, Planner
 
-__all__ = ["Engine", "ModelHint", "Plan"]
+__all__ = ["CallStart", "Engine", "EngineConfig", "ModelHint", "Plan"]
 
 
 class Engine:
@@ -38,13 +38,7 @@ class Engine:
         self,
         limits: Sequence[Limit],
         store: Store,
-        *,
-        prices: Mapping[str, Price] | None,
-        default_price: Price | None,
-        lease_ttl: float,
-        default_max_output_tokens: int,
-        on_record: Callable[[CallRecord], None] | None,
-        on_store_error: str = "closed",
+        config: EngineConfig | None = None,
         spool: Spool | None = None,
     ) -> None:
         self.limits = tuple(limits)
@@ -54,13 +48,8 @@ class Engine:
         self.flows = Flows(
             Planner(self.limits),
             self.pending,
-            prices=prices,
-            default_price=default_price,
-            lease_ttl=lease_ttl,
-            default_max_output_tokens=default_max_output_tokens,
-            on_record=on_record,
-            on_store_error=on_store_error,
-            spool_dir=None if spool is None else spool.dir,
+            config or EngineConfig(),
+            None if spool is None else spool.dir,
         )
         state = DriverState(store, spool)
         self._sync = SyncDriver(state)
@@ -71,27 +60,11 @@ class Engine:
 
     # ------------------------------------------------------------ a model call
 
-    def begin(
-        self,
-        run_id: UUID,
-        messages: Sequence[BaseMessage] | None,
-        prompts: Sequence[str] | None,
-        invocation_params: Mapping[str, Any] | None,
-        metadata: Mapping[str, Any],
-        hint: ModelHint,
-    ) -> None:
-        self._sync.run(self.flows.begin(run_id, messages, prompts, invocation_params, metadata, hint))
+    def begin(self, call: CallStart) -> None:
+        self._sync.run(self.flows.begin(call))
 
-    async def abegin(
-        self,
-        run_id: UUID,
-        messages: Sequence[BaseMessage] | None,
-        prompts: Sequence[str] | None,
-        invocation_params: Mapping[str, Any] | None,
-        metadata: Mapping[str, Any],
-        hint: ModelHint,
-    ) -> None:
-        await self._async.run(self.flows.begin(run_id, messages, prompts, invocation_params, metadata, hint))
+    async def abegin(self, call: CallStart) -> None:
+        await self._async.run(self.flows.begin(call))
 
     def observe(self, run_id: UUID, chunk_message: BaseMessage | None, text: str) -> None:
         self.flows.observe(run_id, chunk_message, text)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -22,7 +22,7 @@ from langchain_core.outputs import LLMResult
 from ..errors import BudgetExceeded, BudgetStoreUnavailable
 from ..estimate import estimate_input_tokens, estimate_text_tokens, max_output_tokens
 from ..model_names import call_model_name, first_name
-from ..pricing import Price, Rates, resolve_rates
+from ..pricing import Rates, resolve_rates
 from ..records import CallRecord, Outcome
 from ..reservation import Amount, CounterRef
 from ..spool import encode_release, encode_reserve, encode_settle
@@ -31,9 +31,10 @@ from ..stores.base import ReserveRequest, ReserveResult, SettleRequest
 from ..units import QUANTITY_NAMES, to_usd
 from ..usage import TokenUsage, served_model, usage_from_message, usage_from_result
 from . import ops
+from .config import EngineConfig
 from .ops import Flow
 from .pending import Pending, PendingRuns
-from .plans import ModelHint, Plan, Planner
+from .plans import CallStart, Plan, Planner
 from .refusals import refusal, states_before
 
 __all__ = ["Flows"]
@@ -51,23 +52,17 @@ class Flows:
         self,
         planner: Planner,
         pending: PendingRuns,
-        *,
-        prices: Mapping[str, Price] | None,
-        default_price: Price | None,
-        lease_ttl: float,
-        default_max_output_tokens: int,
-        on_record: Callable[[CallRecord], None] | None,
-        on_store_error: str,
+        config: EngineConfig,
         spool_dir: Path | None,
     ) -> None:
         self.planner = planner
         self.pending = pending
-        self.prices = dict(prices or {})
-        self.default_price = default_price
-        self.lease_ttl = lease_ttl
-        self.default_max_output_tokens = default_max_output_tokens
-        self.on_record = on_record
-        self.fail_open = on_store_error == "open"
+        self.prices = dict(config.prices)
+        self.default_price = config.default_price
+        self.lease_ttl = config.lease_ttl
+        self.default_max_output_tokens = config.default_max_output_tokens
+        self.on_record = config.on_record
+        self.fail_open = config.on_store_error == "open"
         self.spool_dir = spool_dir  # None: no spool, store faults reach the caller
         self._tag = os.urandom(4).hex()
         self._spooled_probes: set[str] = set()
@@ -77,18 +72,11 @@ class Flows:
 
     # ------------------------------------------------------------ before a call
 
-    def begin(
-        self,
-        run_id: UUID,
-        messages: Sequence[BaseMessage] | None,
-        prompts: Sequence[str] | None,
-        invocation_params: Mapping[str, Any] | None,
-        metadata: Mapping[str, Any],
-        hint: ModelHint,
-    ) -> Flow[None]:
+    def begin(self, call: CallStart) -> Flow[None]:
+        run_id, messages, metadata, hint = call.run_id, call.messages, call.metadata, call.hint
         if run_id in self.pending:
             return  # the same guard attached twice (model and chain): reserve once
-        params = invocation_params or {}
+        params = call.invocation_params or {}
         model = call_model_name(params, metadata, hint.model)
         provider = first_name((metadata.get("ls_provider"), hint.provider))
         plan = self.planner.plan(metadata, hint.soft_ppm)
@@ -96,7 +84,7 @@ class Flows:
         if messages is not None:
             inp = estimate_input_tokens(messages, params.get("tools") or params.get("functions"))
         else:
-            inp = 8 + sum(estimate_text_tokens(p) for p in prompts or ())
+            inp = 8 + sum(estimate_text_tokens(p) for p in call.prompts or ())
         out = max_output_tokens(params, metadata, hint.profile_max, self.default_max_output_tokens)
         amount = Amount(rates.worst_nanos(inp, out), inp + out, 1)
         req = ReserveRequest(f"{self._tag}-{run_id.hex}", plan.specs, amount, self.lease_ttl)

@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
+
+from langchain_core.messages import BaseMessage
 
 from ..limits import DEFAULT_SCOPE, Limit, ScopeTemplate
 from ..reservation import Caps, CounterRef, CounterSpec
 
-__all__ = ["ModelHint", "Plan", "Planner", "build_plan"]
+__all__ = ["CallStart", "ModelHint", "Plan", "Planner", "build_plan"]
 
 
 @dataclass(slots=True)
@@ -25,6 +28,18 @@ class ModelHint:
     provider: str | None = None
     profile_max: int | None = None
     soft_ppm: int | None = None  # degrade threshold, only on a primary with fallbacks
+
+
+@dataclass(frozen=True, slots=True)
+class CallStart:
+    """What a model call's start event says, before anything is sent."""
+
+    run_id: UUID
+    messages: Sequence[BaseMessage] | None  # a chat model's prompt
+    prompts: Sequence[str] | None  # a completion model's prompt
+    invocation_params: Mapping[str, Any] | None
+    metadata: Mapping[str, Any]
+    hint: ModelHint
 
 
 @dataclass(slots=True)

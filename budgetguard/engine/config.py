@@ -1,0 +1,24 @@
+"""What a guard's flows need beyond its limits and store: prices, leases, estimates, callbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..estimate import DEFAULT_MAX_OUTPUT_TOKENS
+from ..pricing import Price
+from ..records import CallRecord
+
+__all__ = ["EngineConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Validated by ``budgetguard.settings.GuardSettings`` before it gets here."""
+
+    prices: Mapping[str, Price] = field(default_factory=dict)
+    default_price: Price | None = None
+    lease_ttl: float = 600.0
+    default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
+    on_record: Callable[[CallRecord], None] | None = None
+    on_store_error: str = "closed"  # or "open": let calls through and spool them
