@@ -1,4 +1,10 @@
-"""Shared fixtures: real Redis servers started by the suite on free ports."""
+"""Shared fixtures: real Redis servers started by the suite on free ports.
+
+Tests are grouped by layer: unit/ (pure modules and the engine), stores/ (memory
+and Redis stores), langchain/ (the guard on real LangChain models) and faults/
+(killed, stalled and hostile conditions). Tests that need Redis carry the
+``redis`` marker.
+"""
 
 from __future__ import annotations
 
@@ -29,3 +35,13 @@ def redis_cluster() -> Iterator[Cluster]:
     cluster = Cluster(3).start()
     yield cluster
     cluster.stop()
+
+
+_REDIS_FIXTURES = frozenset({"redis_server", "fresh_redis", "redis_cluster"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a real redis-server (``-m redis`` / ``-m "not redis"``)."""
+    for item in items:
+        if _REDIS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)

@@ -11,7 +11,7 @@ import pytest
 
 from budgetguard.cli import main
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 EXPECT = {
     "quickstart.py": ["remaining $", "refused: Budget exceeded for global"],

@@ -40,6 +40,8 @@ from budgetguard.stores.base import ReserveRequest, SettleRequest
 from budgetguard.stores.redis import RedisStore
 from budgetguard.testing import FakeChatModel
 
+pytestmark = pytest.mark.redis  # every test here talks to real redis-server processes
+
 # ------------------------------------------------------------------ shared arithmetic
 
 #: $1 / $2 per million input / output tokens: 1,000 / 2,000 nano-dollars a token.

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from clock import FakeClock
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -44,19 +45,6 @@ def ts(*parts: int) -> float:
 T0 = ts(2031, 3, 12, 10, 20, 30)  # a Wednesday, mid-minute: no boundary nearby
 
 
-class FakeClock:
-    """A mutable clock returning epoch seconds."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.t = float(t)
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
 @dataclass
 class StoreEnv:
     kind: str
@@ -72,7 +60,7 @@ def make_redis_store(server: RedisServer, clock: FakeClock, **options: Any) -> R
 
 @pytest.fixture(params=["memory", "redis"])
 def store_env(request: pytest.FixtureRequest) -> Iterator[StoreEnv]:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     if request.param == "memory":
         yield StoreEnv("memory", MemoryStore(clock=clock), clock)
         return
@@ -676,7 +664,7 @@ class StoresAgree(RuleBasedStateMachine):
 
     def __init__(self, server: RedisServer) -> None:
         super().__init__()
-        self.clock = FakeClock()
+        self.clock = FakeClock(T0)
         # Redis expires its tombstones by the server's real clock, the fake clock cannot
         # age them: keep them longer than any fake run in both stores.
         self.memory = MemoryStore(clock=self.clock, tombstone_ttl=TOMBSTONE)

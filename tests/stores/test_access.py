@@ -28,6 +28,8 @@ from budgetguard import BudgetError, BudgetGuard, Limit
 from budgetguard.errors import BudgetStoreUnavailable
 from budgetguard.testing import FakeChatModel
 
+pytestmark = pytest.mark.redis  # every test here talks to real redis-server processes
+
 PASSWORD = "pw-" + os.urandom(8).hex()  # distinctive: any leak is found by a plain search
 LIMITS = [Limit(usd=10, requests=1000)]
 

@@ -13,7 +13,7 @@ from types import ModuleType
 
 from redis_servers import RedisServer
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
 
 
 def load_bench() -> ModuleType:

@@ -34,6 +34,8 @@ from budgetguard.stores.base import ReserveRequest, SettleRequest, Store
 from budgetguard.stores.redis import RedisStore
 from budgetguard.testing import FakeChatModel
 
+pytestmark = pytest.mark.redis  # every test here talks to real redis-server processes
+
 # One global lifetime counter with caps far above what a test spends.
 LIMITS = [Limit(usd=100, tokens=10**9, requests=10**6)]
 IN_TOKENS, OUT_TOKENS, MAX_OUT = 50, 10, 64
