@@ -11,6 +11,7 @@ from typing import TextIO
 from .errors import BudgetExceeded
 from .guard import BudgetGuard
 from .records import CallRecord
+from .stores import MemoryStore
 from .testing import FakeChatModel
 from .tracking import track_usage
 from .units import format_usd
@@ -28,7 +29,14 @@ def demo(out: TextIO | None = None) -> int:
         model_name="gpt-4o-mini", max_tokens=2000, output_tokens=1500, responses=["A shorter answer."]
     )
     records: list[CallRecord] = []
-    guard = BudgetGuard(limit_usd=Decimal("0.03"), fallback=cheap, degrade_at=0.5, on_record=records.append)
+    # Always in memory, whatever $BUDGETGUARD_STORE says: a demo must never spend a real budget.
+    guard = BudgetGuard(
+        limit_usd=Decimal("0.03"),
+        fallback=cheap,
+        degrade_at=0.5,
+        on_record=records.append,
+        store=MemoryStore(),
+    )
     llm = guard.wrap(primary)
     write("budgetguard demo: a simulated gpt-4o, a gpt-4o-mini fallback, a $0.03 budget, degrade at 50%\n")
     write("(offline: no API key, in-memory store)\n\n")

@@ -68,17 +68,19 @@ _MAX_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "num_pr
 
 
 def max_output_tokens(
-    invocation_params: Mapping[str, Any] | None,
-    metadata: Mapping[str, Any] | None,
-    profile_max: int | None,
-    default: int,
+    invocation_params: Mapping[str, Any] | None, profile_max: int | None, default: int
 ) -> int:
-    """The call's output cap: its own max tokens, else the model profile's, else ``default``."""
-    for source in (invocation_params or {}, metadata or {}):
-        for key in (*_MAX_KEYS, "ls_max_tokens"):
-            v = source.get(key)
-            if type(v) is int and v > 0:
-                return v
+    """The call's output cap: its own max tokens, else the model profile's, else ``default``.
+
+    Only the invocation parameters count, the ones the provider is sent. Run
+    metadata is the caller's to fill (``config["metadata"]``), so a
+    ``max_tokens`` there must never shrink a reservation.
+    """
+    params = invocation_params or {}
+    for key in _MAX_KEYS:
+        v = params.get(key)
+        if type(v) is int and v > 0:
+            return v
     if profile_max:
         return profile_max
     return default

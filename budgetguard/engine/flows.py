@@ -85,7 +85,7 @@ class Flows:
             inp = estimate_input_tokens(messages, params.get("tools") or params.get("functions"))
         else:
             inp = 8 + sum(estimate_text_tokens(p) for p in call.prompts or ())
-        out = max_output_tokens(params, metadata, hint.profile_max, self.default_max_output_tokens)
+        out = max_output_tokens(params, hint.profile_max, self.default_max_output_tokens)
         amount = Amount(rates.worst_nanos(inp, out), inp + out, 1)
         req = ReserveRequest(f"{self._tag}-{run_id.hex}", plan.specs, amount, self.lease_ttl)
         result = yield from self._reserve_or_spool(req, plan.refs)

@@ -163,49 +163,46 @@ CALL_KEYS = ["max_tokens", "max_completion_tokens", "max_output_tokens", "num_pr
 
 @pytest.mark.parametrize("key", CALL_KEYS)
 def test_call_max_tokens_wins(key: str) -> None:
-    assert max_output_tokens({key: 123}, {"ls_max_tokens": 456}, 789, 1000) == 123
+    assert max_output_tokens({key: 123}, 789, 1000) == 123
 
 
 def test_call_keys_in_order() -> None:
     params = {"num_predict": 4, "max_output_tokens": 3, "max_completion_tokens": 2, "max_tokens": 1}
-    assert max_output_tokens(params, None, None, 1000) == 1
+    assert max_output_tokens(params, None, 1000) == 1
     del params["max_tokens"]
-    assert max_output_tokens(params, None, None, 1000) == 2
+    assert max_output_tokens(params, None, 1000) == 2
     del params["max_completion_tokens"]
-    assert max_output_tokens(params, None, None, 1000) == 3
+    assert max_output_tokens(params, None, 1000) == 3
 
 
-def test_metadata_ls_max_tokens_then_profile_then_default() -> None:
-    assert max_output_tokens({}, {"ls_max_tokens": 456}, 789, 1000) == 456
-    assert max_output_tokens({"model": "x"}, {}, 789, 1000) == 789
-    assert max_output_tokens({}, {}, None, 1000) == 1000
-    assert max_output_tokens(None, None, None, DEFAULT_MAX_OUTPUT_TOKENS) == DEFAULT_MAX_OUTPUT_TOKENS
-    assert max_output_tokens({"ls_max_tokens": 77}, {}, 789, 1000) == 77
+def test_profile_then_default() -> None:
+    assert max_output_tokens({"model": "x"}, 789, 1000) == 789
+    assert max_output_tokens({}, None, 1000) == 1000
+    assert max_output_tokens(None, None, DEFAULT_MAX_OUTPUT_TOKENS) == DEFAULT_MAX_OUTPUT_TOKENS
+
+
+def test_ls_max_tokens_is_metadata_not_a_request_parameter() -> None:
+    """``ls_max_tokens`` lives in run metadata, which callers can write: it never sets the cap."""
+    assert max_output_tokens({"ls_max_tokens": 77}, 789, 1000) == 789
 
 
 @pytest.mark.parametrize("bad", [None, 0, -5, True, False, "100", 1.5])
 def test_unusable_values_are_skipped(bad: Any) -> None:
-    assert max_output_tokens({"max_tokens": bad}, {"ls_max_tokens": 456}, 789, 1000) == 456
-    assert max_output_tokens({"max_tokens": bad}, {"ls_max_tokens": bad}, 789, 1000) == 789
-    assert max_output_tokens({"max_tokens": bad}, {}, None, 1000) == 1000
+    assert max_output_tokens({"max_tokens": bad}, 789, 1000) == 789
+    assert max_output_tokens({"max_tokens": bad}, None, 1000) == 1000
 
 
 @settings(max_examples=100, deadline=None)
 @given(
     st.dictionaries(st.sampled_from(CALL_KEYS), st.one_of(st.none(), st.integers(-10, 10**6)), max_size=4),
-    st.one_of(st.none(), st.integers(-10, 10**6)),
     st.one_of(st.none(), st.integers(1, 10**6)),
     st.integers(1, 10**6),
 )
-def test_precedence_property(
-    params: dict[str, Any], meta: int | None, profile: int | None, default: int
-) -> None:
-    got = max_output_tokens(params, {"ls_max_tokens": meta}, profile, default)
+def test_precedence_property(params: dict[str, Any], profile: int | None, default: int) -> None:
+    got = max_output_tokens(params, profile, default)
     call = [params[k] for k in CALL_KEYS if isinstance(params.get(k), int) and params[k] > 0]
     if call:
         assert got == call[0]
-    elif meta is not None and meta > 0:
-        assert got == meta
     elif profile:
         assert got == profile
     else:
