@@ -13,6 +13,7 @@ as given (``SkipValidation``): the validators below are the whole check.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
@@ -29,6 +30,7 @@ from pydantic import (
     field_validator,
 )
 
+from . import filelocks
 from .errors import ConfigError
 from .estimate import DEFAULT_MAX_OUTPUT_TOKENS
 from .limits import Limit
@@ -36,6 +38,8 @@ from .pricing import Price
 from .records import CallRecord
 from .spool import Spool, default_spool_dir
 from .stores import Store, store_from_url
+
+logger = logging.getLogger("budgetguard")
 
 __all__ = ["GuardSettings"]
 
@@ -192,6 +196,22 @@ class GuardSettings(BaseModel):
 
     def spool(self) -> Spool | None:
         """Where store writes wait while a network store is down (and for ``spool_dir=``)."""
-        if self.spool_dir is not None or self.store.blocking:
-            return Spool(Path(self.spool_dir or default_spool_dir()) / self.store.spool_key)
-        return None
+        if self.spool_dir is None and not self.store.blocking:
+            return None
+        if not filelocks.AVAILABLE:
+            if self.spool_dir is not None:
+                raise ConfigError(
+                    "spool_dir= needs file locks (fcntl on POSIX, msvcrt on Windows), which this Python "
+                    "lacks; leave spool_dir unset to run without a spool (store faults then reach the caller)"
+                )
+            _warn_no_spool()
+            return None
+        return Spool(Path(self.spool_dir or default_spool_dir()) / self.store.spool_key)
+
+
+@functools.cache
+def _warn_no_spool() -> None:
+    logger.warning(
+        "budgetguard: this platform has no file locks (fcntl or msvcrt), so guards run without a spool: "
+        "a settle the store cannot take is raised to the caller, and on_store_error='open' cannot spool"
+    )

@@ -11,7 +11,6 @@ writes its own file; any process replays any file, under an exclusive
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import filelocks
 from .errors import BudgetStoreUnavailable, ConfigError
 from .reservation import Amount, Caps, CounterRef, CounterSpec
 from .stores.base import ReserveRequest, SettleRequest, Store
@@ -128,9 +128,10 @@ class Spool:
         with self._lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                filelocks.lock(fd, blocking=True)
                 os.write(fd, line)
                 os.fsync(fd)
+                filelocks.unlock(fd)
             finally:
                 os.close(fd)  # closing releases the lock
             self.dirty = True
@@ -159,9 +160,7 @@ class Spool:
                 except FileNotFoundError:
                     continue
                 try:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
+                    if not filelocks.lock(fd, blocking=False):
                         continue  # another process is replaying or writing it
                     lines = list(_lines(fd))
                     done = 0
@@ -175,6 +174,7 @@ class Spool:
                     if not lines[done:] and path != self.path and not _alive(path):
                         path.unlink(missing_ok=True)
                 finally:
+                    filelocks.unlock(fd)
                     os.close(fd)
         if applied:
             logger.info("budgetguard: replayed %d spooled store writes", applied)
@@ -220,6 +220,8 @@ def _alive(path: Path) -> bool:
         pid = int(path.name.split("-")[1])
     except (IndexError, ValueError):
         return False
+    if os.name == "nt":  # pragma: no cover - signal 0 is CTRL_C_EVENT there: never send it
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
