@@ -929,3 +929,72 @@ return out
     got = [(int(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
     want = [(window_start(p, t), window_end(p, window_start(p, t)) or -1) for p, t in cases]
     assert got == want
+
+
+# ------------------------------------------------------------------ the Lua mirrors budgetguard.reservation
+
+
+def test_the_lua_apply_functions_match_budgetguard_reservation(redis_server: RedisServer) -> None:
+    """The Lua states are flat lists in FIELDS order: each apply_* on them equals reservation.py's."""
+    from dataclasses import replace
+    from importlib import resources
+
+    from budgetguard.reservation import CounterState, apply_expire, apply_release, apply_reserve, apply_settle
+    from budgetguard.stores.redis import codec
+    from budgetguard.stores.redis.scripts import fields_line
+
+    common = (resources.files("budgetguard.stores.redis") / "lua" / "common.lua").read_text(encoding="utf-8")
+    probe = """
+local function amt(o) if ARGV[o] == '' then return nil end
+  return {tonumber(ARGV[o]), tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2])} end
+local st = {}
+for i = 1, #FIELDS do st[i] = tonumber(ARGV[1 + i]) end
+local op, a, b, act = ARGV[1], amt(13), amt(16), amt(19)
+if op == 'reserve' then apply_reserve(st, a)
+elseif op == 'release' then apply_release(st, a)
+elseif op == 'expire' then apply_expire(st, a)
+else apply_settle(st, a, b, act, ARGV[22] == '1', ARGV[23] == '1') end
+for i = 1, #FIELDS do st[i] = I(st[i]) end
+return st
+"""
+    script = redis_server.client().register_script(f"{fields_line()}\n{common}\n{probe}")
+    states = [
+        CounterState(0, Amount(500, 50, 5), Amount(100, 10, 1), 2, Amount(7, 0, 1), 3),
+        CounterState(0, Amount(0, 0, 0), Amount(40, 0, 1), 0, Amount(), 0),  # reserved dips after a reset
+    ]
+    small, big, zero = Amount(100, 10, 1), Amount(150, 5, 2), Amount()
+    ops: list[tuple[str, Amount | None, Amount | None, Amount | None, bool, bool]] = [
+        ("reserve", small, None, None, False, False),
+        ("release", small, None, None, False, False),
+        ("expire", small, None, None, False, False),
+        *[
+            ("settle", r, c, act, est, over)
+            for r, c in ((small, None), (None, small), (None, None))
+            for act in (big, zero, small)
+            for est in (False, True)
+            for over in (False, True)
+        ],
+    ]
+
+    def flat(s: CounterState) -> list[int]:
+        return [*s.spent, *s.reserved, s.overshoot_count, *s.overshoot, s.estimated_count]
+
+    def text(a: Amount | None) -> list[str]:
+        return ["", "", ""] if a is None else [str(x) for x in a]
+
+    for st0 in states:
+        for op, a, b, act, est, over in ops:
+            want = replace(st0)
+            if op == "reserve":
+                apply_reserve(want, a)  # type: ignore[arg-type]
+            elif op == "release":
+                apply_release(want, a)  # type: ignore[arg-type]
+            elif op == "expire":
+                apply_expire(want, a)  # type: ignore[arg-type]
+            else:
+                apply_settle(want, a, b, act, est, over)  # type: ignore[arg-type]
+            flags = ["1" if est else "0", "1" if over else "0"]
+            args = [op, *map(str, flat(st0)), *text(a), *text(b), *text(act), *flags]
+            got = [int(x) for x in script(args=args)]
+            assert len(got) == len(codec.FIELDS)
+            assert got == flat(want), (op, st0, a, b, act, est, over)

@@ -73,8 +73,10 @@ local function window_end(per, start)
     if m == 12 then y, m = y + 1, 1 else m = m + 1 end
     return days_from_civil(y, m, 1) * 86400
   end
-  local step = {minute = 60, hour = 3600, day = 86400, week = 604800}
-  return start + step[per]
+  if per == 'minute' then return start + 60 end
+  if per == 'hour' then return start + 3600 end
+  if per == 'day' then return start + 86400 end
+  return start + 604800  -- week (window_start refused any other period)
 end
 
 local function counter_key(base, per, ws, scope)
@@ -91,67 +93,73 @@ local function touch(ck, grace)
   end
 end
 
--- ------------------------------------------------------------------ amounts (reservation.Amount)
-
-local function plus(a, b) return {a[1] + b[1], a[2] + b[2], a[3] + b[3]} end
-local function minus(a, b) return {a[1] - b[1], a[2] - b[2], a[3] - b[3]} end
-local function floor0(a) return {math.max(a[1], 0), math.max(a[2], 0), math.max(a[3], 0)} end
-local function larger(a, b) return a[1] > b[1] or a[2] > b[2] or a[3] > b[3] end  -- Amount.exceeds
-local function nonzero(a) return a[1] ~= 0 or a[2] ~= 0 or a[3] ~= 0 end
-
-local function amount_of(f)  -- a lease's n t r fields
-  return {tonumber(f[1]), tonumber(f[2]), tonumber(f[3])}
-end
-
 -- ------------------------------------------------------------------ counters (reservation.CounterState)
 
--- The FIELDS values as a CounterState, and back (the same order as codec.decode_state).
-local function as_state(v)
-  return {spent = {v[1], v[2], v[3]}, reserved = {v[4], v[5], v[6]}, overshoot_count = v[7],
-          overshoot = {v[8], v[9], v[10]}, estimated_count = v[11]}
-end
+-- Amounts are {nanos, tokens, requests}, indexed by q = 1..3. A CounterState is the list of a
+-- counter's values in FIELDS order (codec.FIELDS; test_redis pins these positions):
+--   st[q]      spent          st[3 + q]  reserved          st[7 + q]  overshoot
+--   st[7]      overshoot_count                             st[11]     estimated_count
+-- (Plain numbers rather than named constants: a script builds every function below on each
+-- call, and each local a function captures adds to that cost.)
 
-local function as_values(st)
-  local s, r, o = st.spent, st.reserved, st.overshoot
-  return {s[1], s[2], s[3], r[1], r[2], r[3], st.overshoot_count, o[1], o[2], o[3], st.estimated_count}
-end
+-- Which fields a script loads: a list of positions, as each apply_* needs only some of them.
+-- A field left out stays nil in the state, so an apply that touches it fails loudly instead
+-- of writing a wrong value.
 
--- load: the counter's state, and whether it is new (no field set yet).
-local function load(ck)
-  local v = redis.call('HMGET', ck, unpack(FIELDS))
-  local out, fresh = {}, true
-  for i = 1, #FIELDS do
-    if v[i] then fresh = false end
-    out[i] = tonumber(v[i] or '0') or 0
-  end
-  return as_state(out), fresh
-end
-
--- write: add what changed since `before` (HINCRBY, so two counters on one key both count).
--- Returns whether anything changed.
-local function write(ck, before, st)
-  local after, changed = as_values(st), false
-  for i = 1, #FIELDS do
-    if after[i] ~= before[i] then
-      redis.call('HINCRBY', ck, FIELDS[i], I(after[i] - before[i]))
-      changed = true
+-- load: the fields at positions `at` (every field if nil) as a state, the values read (in the
+-- order of `at`, to diff against), and whether the counter is new (none of them set yet).
+local function load(ck, at)
+  local names = FIELDS
+  if at ~= nil then
+    names = at.names
+    if names == nil then  -- the HMGET arguments, made once per list
+      names = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}  -- #FIELDS slots
+      for j = 1, #at do names[j] = FIELDS[at[j]] end
+      at.names = names
     end
   end
-  return changed
+  local v = redis.call('HMGET', ck, unpack(names))
+  local st, fresh = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}, true  -- #FIELDS slots
+  for j = 1, #v do
+    local x = v[j]
+    if x then
+      fresh = false
+      x = tonumber(x) or 0
+    else
+      x = 0
+    end
+    v[j] = x
+    st[at and at[j] or j] = x
+  end
+  return st, v, fresh
+end
+
+-- write: store the fields at `at` (every field if nil) that changed since load read `before`,
+-- in one HSET: nothing else can move them within the script. `add` adds the differences
+-- instead (HINCRBY): for a counter that one reserve lists twice. Returns whether any changed.
+local function write(ck, at, before, st, add)
+  local args, n = {ck, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}, 1
+  for j = 1, at and #at or #FIELDS do
+    local i = at and at[j] or j
+    local x = st[i]
+    if x ~= before[j] then
+      n = n + 2
+      if add then
+        redis.call('HINCRBY', ck, FIELDS[i], I(x - before[j]))
+      else
+        args[n - 1] = FIELDS[i]
+        args[n] = I(x)
+      end
+    end
+  end
+  if n == 1 then return false end
+  if not add then redis.call('HSET', unpack(args, 1, n)) end
+  return true
 end
 
 -- Create the hash if it is missing, changing no value (a counter a lease was reserved on).
 local function ensure(ck)
   redis.call('HINCRBY', ck, 'rn', 0)
-end
-
--- load -> apply -> write for one counter; `apply` is one of the apply_* below, and `create`
--- keeps the hash even if the apply changed nothing.
-local function update(ck, create, apply, ...)
-  local st = load(ck)
-  local before = as_values(st)
-  apply(st, ...)
-  if not write(ck, before, st) and create then ensure(ck) end
 end
 
 -- ------------------------------------------------------------------ decisions (reservation.py)
@@ -163,53 +171,82 @@ end
 
 -- The first cap the request would break, hard caps before soft ones: counter index, quantity
 -- (1..3 = nanos, tokens, requests) and 1 for a soft cap; 0, 0, 0 if none.
+-- specs[i]: {cap_n, cap_t, cap_r, soft_n, soft_t, soft_r}, nil for none.
 local function first_violation(specs, states, request)
-  for pass = 1, 2 do
-    local which = pass == 1 and 'caps' or 'soft'
+  for soft = 0, 1 do
     for i = 1, #specs do
-      local caps, st = specs[i][which], states[i]
+      local caps, st = specs[i], states[i]
       for q = 1, 3 do
-        if exceeds(caps[q], st.spent[q], st.reserved[q], request[q]) then return i, q, pass - 1 end
+        if exceeds(caps[soft * 3 + q], st[q], st[3 + q], request[q]) then return i, q, soft end
       end
     end
   end
   return 0, 0, 0
 end
 
+-- reads and changes: reserved
 local function apply_reserve(st, amount)
-  st.reserved = plus(st.reserved, amount)
+  for q = 1, 3 do st[3 + q] = st[3 + q] + amount[q] end
 end
 
+-- reads and changes: reserved
 local function apply_release(st, amount)
-  st.reserved = floor0(minus(st.reserved, amount))
+  for q = 1, 3 do st[3 + q] = math.max(st[3 + q] - amount[q], 0) end
 end
 
 -- An unsettled lease ran out: charge its estimate (the provider probably billed).
+-- reads and changes: spent, reserved, estimated_count
 local function apply_expire(st, amount)
-  st.reserved = floor0(minus(st.reserved, amount))
-  st.spent = plus(st.spent, amount)
-  st.estimated_count = st.estimated_count + 1
+  for q = 1, 3 do
+    st[3 + q] = math.max(st[3 + q] - amount[q], 0)
+    st[q] = st[q] + amount[q]
+  end
+  st[11] = st[11] + 1
 end
 
 -- Replace a reservation with the actual cost. `reserved`: the live lease's amount, or nil;
 -- `charged`: what an expired lease already charged, to reconcile against, or nil.
+-- reads and changes: what settle_fields lists for the same arguments
 local function apply_settle(st, reserved, charged, actual, estimated, count_overshoot)
-  if reserved ~= nil then st.reserved = floor0(minus(st.reserved, reserved)) end
+  if reserved ~= nil then
+    for q = 1, 3 do st[3 + q] = math.max(st[3 + q] - reserved[q], 0) end
+  end
   local basis = reserved or charged
-  if count_overshoot and basis ~= nil and larger(actual, basis) then
-    st.overshoot_count = st.overshoot_count + 1
-    st.overshoot = plus(st.overshoot, floor0(minus(actual, basis)))
+  if count_overshoot and basis ~= nil
+    and (actual[1] > basis[1] or actual[2] > basis[2] or actual[3] > basis[3]) then  -- Amount.exceeds
+    st[7] = st[7] + 1
+    for q = 1, 3 do st[7 + q] = st[7 + q] + math.max(actual[q] - basis[q], 0) end
   end
   if charged ~= nil then
-    st.spent = floor0(plus(minus(st.spent, charged), actual))
-    st.estimated_count = math.max(st.estimated_count - 1, 0)
+    for q = 1, 3 do st[q] = math.max(st[q] - charged[q] + actual[q], 0) end
+    st[11] = math.max(st[11] - 1, 0)
   else
-    st.spent = plus(st.spent, actual)
+    for q = 1, 3 do st[q] = st[q] + actual[q] end
   end
-  if estimated then st.estimated_count = st.estimated_count + 1 end
+  if estimated then st[11] = st[11] + 1 end
+end
+
+-- The positions apply_settle reads or changes with these arguments.
+local function settle_fields(reserved, charged, actual, estimated, count_overshoot)
+  local at = {1, 2, 3, nil, nil, nil, nil, nil, nil, nil, nil}  -- spent, and room for the rest
+  if reserved ~= nil then
+    at[4], at[5], at[6] = 4, 5, 6
+  end
+  local basis = reserved or charged
+  if count_overshoot and basis ~= nil
+    and (actual[1] > basis[1] or actual[2] > basis[2] or actual[3] > basis[3]) then
+    for i = 7, 10 do at[#at + 1] = i end  -- overshoot_count, overshoot
+  end
+  if charged ~= nil or estimated then at[#at + 1] = 11 end
+  return at
 end
 
 -- ------------------------------------------------------------------ leases
+
+-- A lease's amount, from its n t r fields.
+local function amount_of(f)
+  return {tonumber(f[1]), tonumber(f[2]), tonumber(f[3])}
+end
 
 -- Charge the leases of one root that ran out (apply_expire on each of their counters).
 -- At most SWEEP_CAP leases per root per script call: a call's cost stays bounded however
@@ -220,12 +257,16 @@ local SWEEP_CAP = 200
 local function sweep(base, now_ms, tomb_s, grace)
   local zkey = base .. 'lx'
   local due = redis.call('ZRANGEBYSCORE', zkey, '-inf', I(now_ms), 'LIMIT', 0, SWEEP_CAP)
+  if #due == 0 then return end
+  local at = {1, 2, 3, 4, 5, 6, 11}  -- what apply_expire reads and changes
   for _, lkey in ipairs(due) do
     local f = redis.call('HMGET', lkey, 'n', 't', 'r', 'k', 'b', 'id')
     if f[1] then
       local amount = amount_of(f)
       for _, ck in ipairs(cjson.decode(f[4])) do
-        update(ck, false, apply_expire, amount)
+        local st, before = load(ck, at)
+        apply_expire(st, amount)
+        write(ck, at, before, st)
         touch(ck, grace)
       end
       local xkey = f[5] .. 'x:' .. f[6]
@@ -237,13 +278,8 @@ local function sweep(base, now_ms, tomb_s, grace)
   end
 end
 
-local function opt(v)
-  if v == '' then return nil end
-  return tonumber(v)
-end
-
 -- A reply's counter: its window start, then the FIELDS values.
 local function fmt_state(out, ws, st)
   out[#out + 1] = ws
-  for _, v in ipairs(as_values(st)) do out[#out + 1] = v end
+  for i = 1, #FIELDS do out[#out + 1] = st[i] end
 end

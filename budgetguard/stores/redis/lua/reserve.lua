@@ -17,37 +17,47 @@ if redis.call('EXISTS', lbase .. 'l:' .. lease_id, lbase .. 'd:' .. lease_id, lb
   return {1}  -- a replayed reserve (live, closed or expired lease): never reserve twice
 end
 
--- load
-local keys, starts, states, fresh, specs, members = {}, {}, {}, {}, {}, {}
+-- load what first_violation and apply_reserve read (and the estimated count: a counter that has
+-- any field is not new)
+local at = {1, 2, 3, 4, 5, 6, 11}  -- spent, reserved, estimated_count
+local keys, starts, states, befores, fresh, specs, members = {}, {}, {}, {}, {}, {}, {}
 for i = 1, n do
   local o = 10 + (i - 1) * 9
   local base = KEYS[tonumber(ARGV[o + 1])]
   local scope, per = ARGV[o + 2], ARGV[o + 3]
   starts[i] = window_start(per, t)
   keys[i] = counter_key(base, per, starts[i], scope)
-  states[i], fresh[i] = load(keys[i])
-  specs[i] = {caps = {opt(ARGV[o + 4]), opt(ARGV[o + 5]), opt(ARGV[o + 6])},
-              soft = {opt(ARGV[o + 7]), opt(ARGV[o + 8]), opt(ARGV[o + 9])}}
-  members[i] = {base .. 's', scope .. '\t' .. per}
+  states[i], befores[i], fresh[i] = load(keys[i], at)
+  specs[i] = {tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6]),  -- '' (none): nil
+              tonumber(ARGV[o + 7]), tonumber(ARGV[o + 8]), tonumber(ARGV[o + 9])}
+  if fresh[i] then members[i] = {base .. 's', scope .. '\t' .. per} end
 end
 
 local vi, vq, soft = first_violation(specs, states, amount)
 
+-- A refusal or a forced reserve reports every field: load the overshoots too.
 local function report(admitted)
+  local over = {7, 8, 9, 10}  -- overshoot_count, overshoot
   local out = {admitted, vi, vq, soft}
-  for i = 1, n do fmt_state(out, starts[i], states[i]) end
+  for i = 1, n do
+    local st, more = states[i], load(keys[i], over)
+    for j = 1, #over do st[over[j]] = more[over[j]] end
+    fmt_state(out, starts[i], st)
+  end
   return out
 end
 
 if vi ~= 0 and not force then return report(0) end
 
--- apply, write
+-- apply, write (a counter listed twice gets both reservations: the second adds on)
+local written = {}
 for i = 1, n do
-  local before = as_values(states[i])
+  local ck = keys[i]
   apply_reserve(states[i], amount)
-  if not write(keys[i], before, states[i]) and fresh[i] then ensure(keys[i]) end
+  if not write(ck, at, befores[i], states[i], written[ck]) and fresh[i] then ensure(ck) end
+  written[ck] = true
   if fresh[i] then  -- a new counter: expire it after its window, list its scope
-    touch(keys[i], grace)
+    touch(ck, grace)
     redis.call('SADD', members[i][1], members[i][2])
   end
 end

@@ -31,12 +31,17 @@ end
 local f = redis.call('HMGET', lkey, 'n', 't', 'r', 'k')
 if f[1] then
   local reserved = amount_of(f)
+  local create = reserved[1] ~= 0 or reserved[2] ~= 0 or reserved[3] ~= 0  -- keep the hash
+  local at = release and {4, 5, 6}  -- reserved
+    or settle_fields(reserved, nil, act, estimated, count_over)
   for _, ck in ipairs(cjson.decode(f[4])) do
+    local st, before = load(ck, at)
     if release then
-      update(ck, nonzero(reserved), apply_release, reserved)
+      apply_release(st, reserved)
     else
-      update(ck, nonzero(reserved), apply_settle, reserved, nil, act, estimated, count_over)
+      apply_settle(st, reserved, nil, act, estimated, count_over)
     end
+    if not write(ck, at, before, st) and create then ensure(ck) end
     touch(ck, grace)
   end
   redis.call('DEL', lkey)
@@ -56,8 +61,11 @@ if release then
 end
 if x[1] then
   local charged = amount_of(x)
+  local at = settle_fields(nil, charged, act, estimated, count_over)
   for _, ck in ipairs(cjson.decode(x[4])) do
-    update(ck, true, apply_settle, nil, charged, act, estimated, count_over)
+    local st, before = load(ck, at)
+    apply_settle(st, nil, charged, act, estimated, count_over)
+    if not write(ck, at, before, st) then ensure(ck) end
     touch(ck, grace)
   end
   redis.call('DEL', xkey)
@@ -65,12 +73,15 @@ if x[1] then
 end
 
 -- never reserved here (or forgotten): apply_settle with no lease on the current windows
+local at = settle_fields(nil, nil, act, estimated, true)
 for i = 1, n do
   local o = 11 + (i - 1) * 3
   local base = KEYS[tonumber(ARGV[o + 1])]
   local scope, per = ARGV[o + 2], ARGV[o + 3]
   local ck = counter_key(base, per, window_start(per, t), scope)
-  update(ck, false, apply_settle, nil, nil, act, estimated, true)
+  local st, before = load(ck, at)
+  apply_settle(st, nil, nil, act, estimated, true)
+  write(ck, at, before, st)
   touch(ck, grace)
   redis.call('SADD', base .. 's', scope .. '\t' .. per)
 end
