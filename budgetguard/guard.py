@@ -141,8 +141,14 @@ class BudgetGuard(Runnable[Any, Any]):
         return self.engine.replay_spool()
 
     def reset(self, scope: str = "global") -> int:
-        """Zero a scope's counters (every period). Returns how many were reset."""
-        return self.store.reset(scope)
+        """Zero a scope's counters (every period), written as in messages: ``user:alice@example.com``.
+
+        Returns how many counters were reset.
+        """
+        return self.engine.reset(scope)
+
+    async def areset(self, scope: str = "global") -> int:
+        return await self.engine.areset(scope)
 
     # -------------------------------------------------------------- Runnable
 

@@ -5,6 +5,7 @@ All of it is pure: no clock is read here, callers pass the time in.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from decimal import ROUND_FLOOR, Decimal
@@ -130,25 +131,44 @@ class ScopeTemplate:
         return tpl
 
     def render(self, metadata: Mapping[str, Any]) -> str:
-        out: list[str] = []
+        """The store key: field values percent-encoded (``MissingScope`` if one is missing or bad)."""
+        return self.render_both(metadata)[0]
+
+    def render_both(self, metadata: Mapping[str, Any]) -> tuple[str, str]:
+        """The store key, and the scope as the user wrote it (for messages, status and records)."""
+        key: list[str] = []
+        label: list[str] = []
         for literal, field in self.parts:
-            out.append(literal)
-            if field is None:
-                continue
-            if field not in metadata or metadata[field] is None:
-                raise MissingScope(self.template, field)
-            value = metadata[field]
-            if isinstance(value, bool) or not isinstance(value, (str, int)):
-                raise MissingScope(
-                    self.template, field, f"is a {type(value).__name__}; it must be a str or int"
-                )
-            text = str(value)
-            if not text:
-                raise MissingScope(self.template, field, "is empty")
-            if len(text) > MAX_SCOPE_VALUE:
-                raise MissingScope(self.template, field, f"is longer than {MAX_SCOPE_VALUE} characters")
-            out.append(_encode(text))
-        return "".join(out)
+            key.append(literal)
+            label.append(literal)
+            if field is not None:
+                text = self._value(metadata, field)
+                key.append(_encode(text))
+                label.append(text)
+        rendered = "".join(key)
+        if self.fields and rendered == DEFAULT_SCOPE:
+            # a value spelling the default scope's name must not land on the guard's default counter
+            rendered = _pct(rendered[0]) + rendered[1:]
+        return rendered, "".join(label)
+
+    def _value(self, metadata: Mapping[str, Any], field: str) -> str:
+        if field not in metadata or metadata[field] is None:
+            raise MissingScope(self.template, field)
+        value = metadata[field]
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise MissingScope(self.template, field, f"is a {type(value).__name__}; it must be a str or int")
+        text = str(value)
+        if not text:
+            raise MissingScope(self.template, field, "is empty")
+        if len(text) > MAX_SCOPE_VALUE:
+            raise MissingScope(self.template, field, f"is longer than {MAX_SCOPE_VALUE} characters")
+        return text
+
+    def match(self, scope: str) -> dict[str, str] | None:
+        """The field values that this template renders as ``scope`` (written plainly), or ``None``."""
+        pattern = "".join(re.escape(lit) + ("(.+?)" if f is not None else "") for lit, f in self.parts)
+        m = re.fullmatch(pattern, scope, flags=re.DOTALL)
+        return None if m is None else dict(zip(self.fields, m.groups(), strict=True))
 
 
 def _check_field(template: str, field: str, spec: str | None, conv: str | None, previous: str | None) -> None:

@@ -111,6 +111,12 @@ class Engine:
 
     # ------------------------------------------------------------ operators
 
+    def reset(self, scope: str) -> int:
+        return self._sync.run(self.flows.reset(scope))
+
+    async def areset(self, scope: str) -> int:
+        return await self._async.run(self.flows.reset(scope))
+
     def replay_spool(self) -> int:
         """Replay spooled store writes now; how many were applied."""
         return self._sync.state.replay_all()

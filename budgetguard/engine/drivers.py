@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from ..errors import BudgetStoreUnavailable
 from ..spool import Spool
 from ..stores.base import Store
-from .ops import Flow, Op, Release, Replay, Reserve, Settle, SpoolAppend, Status
+from .ops import Flow, Op, Release, Replay, Reserve, Reset, Settle, SpoolAppend, Status
 
 __all__ = ["AsyncDriver", "Breaker", "DriverState", "SyncDriver"]
 
@@ -129,6 +129,7 @@ class SyncDriver:
             Settle: lambda op: store.settle(op.request),
             Release: lambda op: store.release(op.lease_id, op.counters),
             Status: lambda op: store.status(list(op.refs)),
+            Reset: lambda op: store.reset(op.scope),
         }
 
     def run(self, flow: Flow[T]) -> T:
@@ -174,6 +175,7 @@ class AsyncDriver:
             Settle: lambda op: store.asettle(op.request),
             Release: lambda op: store.arelease(op.lease_id, op.counters),
             Status: lambda op: store.astatus(list(op.refs)),
+            Reset: lambda op: store.areset(op.scope),
         }
 
     async def run(self, flow: Flow[T]) -> T:

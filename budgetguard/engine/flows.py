@@ -93,7 +93,8 @@ class Flows:
             raise refusal(plan, result.states, result.violation, amount, rates.model)
         spooled = result is None
         self.pending.add(
-            run_id, Pending(req.lease_id, plan.refs, amount, rates, provider, inp, out, spooled=spooled)
+            run_id,
+            Pending(req.lease_id, plan.refs, plan.labels, amount, rates, provider, inp, out, spooled=spooled),
         )
 
     def _reserve_or_spool(
@@ -239,7 +240,7 @@ class Flows:
             usage=usage,
             cost_usd=to_usd(nanos),
             reserved_usd=to_usd(p.amount.nanos),
-            scopes=tuple(r.scope for r in p.refs),
+            scopes=p.labels,
             outcome=outcome,
         )
         if debug:
@@ -262,7 +263,7 @@ class Flows:
         usage, served = _message_usage(message)
         rates = self._rates(served or model_hint or "", None)
         actual = Amount(0, 0, 0) if usage.cache_hit else Amount(rates.nanos(usage), usage.total_tokens, 1)
-        p = Pending(self._new_lease(), plan.refs, _PROBE, rates, None, 0, 0, probe=True)
+        p = Pending(self._new_lease(), plan.refs, plan.labels, _PROBE, rates, None, 0, 0, probe=True)
         reserve = ReserveRequest(p.lease_id, plan.specs, _PROBE, self.lease_ttl, force=True)
         try:
             result = yield from ops.reserve(reserve)
@@ -303,13 +304,31 @@ class Flows:
         self._spooled_probes.discard(lease_id)
         if message is None:  # the model failed before its first chunk: nothing was billed
             yield from self._release(
-                Pending(lease_id, plan.refs, _PROBE, _NO_RATES, None, 0, 0, spooled=spooled, probe=True)
+                Pending(
+                    lease_id,
+                    plan.refs,
+                    plan.labels,
+                    _PROBE,
+                    _NO_RATES,
+                    None,
+                    0,
+                    0,
+                    spooled=spooled,
+                    probe=True,
+                )
             )
             return None
         usage, served = _message_usage(message)
         rates = self._rates(served or model_hint or "", None)
-        p = Pending(lease_id, plan.refs, _PROBE, rates, None, 0, 0, spooled=spooled, probe=True)
+        p = Pending(lease_id, plan.refs, plan.labels, _PROBE, rates, None, 0, 0, spooled=spooled, probe=True)
         return (yield from self._settle(p, usage, served))
+
+    def reset(self, scope: str) -> Flow[int]:
+        """Zero a scope written as the user wrote it, in every period; how many counters were reset."""
+        n = 0
+        for key in self.planner.keys(scope):
+            n += yield from ops.reset(key)
+        return n
 
     def _new_lease(self) -> str:
         return f"{self._tag}-{os.urandom(12).hex()}"
@@ -320,11 +339,11 @@ class Flows:
         plan, skipped = self.planner.status_plan(metadata)
         states = yield from ops.status(plan.refs)
         rows: list[LimitStatus] = []
-        for spec, group, st in zip(plan.specs, plan.groups, states, strict=True):
+        for label, group, st in zip(plan.labels, plan.groups, states, strict=True):
             for lim in group:
                 for quantity in QUANTITY_NAMES:
                     if getattr(lim, quantity) is not None:
-                        rows.append(row(spec.ref.scope, lim, quantity, st))
+                        rows.append(row(label, lim, quantity, st))
         return BudgetStatus(tuple(rows), skipped)
 
 

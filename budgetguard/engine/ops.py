@@ -20,12 +20,14 @@ __all__ = [
     "Release",
     "Replay",
     "Reserve",
+    "Reset",
     "Settle",
     "SpoolAppend",
     "Status",
     "release",
     "replay",
     "reserve",
+    "reset",
     "settle",
     "spool_append",
     "status",
@@ -56,6 +58,11 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
+class Reset:
+    scope: str  # a store key
+
+
+@dataclass(frozen=True, slots=True)
 class SpoolAppend:
     """Write one line to the local spool (fsync'ed) before going on."""
 
@@ -67,7 +74,7 @@ class Replay:
     """Replay the spool into the store now, if it holds lines and the store is up."""
 
 
-Op = Union[Reserve, Settle, Release, Status, SpoolAppend, Replay]  # noqa: UP007 - a runtime alias
+Op = Union[Reserve, Settle, Release, Status, Reset, SpoolAppend, Replay]  # noqa: UP007 - a runtime alias
 #: A generator that yields operations and returns ``T``.
 Flow = Generator[Op, object, T]
 
@@ -86,6 +93,10 @@ def release(lease_id: str, counters: tuple[CounterRef, ...]) -> Flow[bool]:
 
 def status(refs: tuple[CounterRef, ...]) -> Flow[list[CounterState]]:
     return cast("list[CounterState]", (yield Status(refs)))
+
+
+def reset(scope: str) -> Flow[int]:
+    return cast(int, (yield Reset(scope)))
 
 
 def spool_append(entry: dict[str, Any]) -> Flow[None]:

@@ -23,6 +23,7 @@ class Pending:
 
     lease_id: str
     refs: tuple[CounterRef, ...]
+    labels: tuple[str, ...]  # the scopes as the user wrote them, for records
     amount: Amount
     rates: Rates
     provider: str | None

@@ -14,6 +14,7 @@ from uuid import UUID
 
 from langchain_core.messages import BaseMessage
 
+from ..errors import MissingScope
 from ..limits import DEFAULT_SCOPE, Limit, ScopeTemplate
 from ..reservation import Caps, CounterRef, CounterSpec
 
@@ -46,6 +47,7 @@ class CallStart:
 class Plan:
     specs: tuple[CounterSpec, ...]
     groups: tuple[tuple[Limit, ...], ...]  # the limits behind each counter
+    labels: tuple[str, ...]  # each counter's scope as the user wrote it (keys are percent-encoded)
 
     @property
     def refs(self) -> tuple[CounterRef, ...]:
@@ -71,6 +73,23 @@ class Planner:
             self._static[soft_ppm] = plan
         return plan
 
+    def keys(self, scope: str) -> list[str]:
+        """The store keys a scope written plainly (``user:alice@example.com``) can stand for.
+
+        Each template that renders it gives one key; a scope already written
+        as a key (percent-encoded) is taken as it is too.
+        """
+        keys: list[str] = []
+        for tpl, _ in self.templates:
+            values = tpl.match(scope)
+            if values is not None:
+                try:
+                    keys.append(tpl.render(values))
+                except MissingScope:
+                    continue  # a value the template would refuse (too long...): not one of its scopes
+        keys.append(scope)
+        return list(dict.fromkeys(keys))
+
     def status_plan(self, metadata: Mapping[str, Any]) -> tuple[Plan, tuple[str, ...]]:
         """The counters these metadata fill, and the limits they cannot (for ``remaining()``)."""
         applicable: list[tuple[ScopeTemplate, Limit]] = []
@@ -89,14 +108,17 @@ def build_plan(
     order: dict[CounterRef, int] = {}
     caps: list[Caps] = []
     groups: list[list[Limit]] = []
+    labels: list[str] = []
     for tpl, lim in templates:
-        ref = CounterRef(tpl.render(metadata), lim.per)
+        key, label = tpl.render_both(metadata)
+        ref = CounterRef(key, lim.per)
         c = Caps(lim.usd_nanos, lim.tokens, lim.requests)
         i = order.get(ref)
         if i is None:
             order[ref] = len(caps)
             caps.append(c)
             groups.append([lim])
+            labels.append(label)
         else:
             caps[i] = caps[i].tightest(c)
             groups[i].append(lim)
@@ -104,4 +126,4 @@ def build_plan(
         CounterSpec(ref, c, None if soft_ppm is None else c.scaled(soft_ppm))
         for ref, c in zip(order, caps, strict=True)
     )
-    return Plan(specs, tuple(tuple(g) for g in groups))
+    return Plan(specs, tuple(tuple(g) for g in groups), tuple(labels))

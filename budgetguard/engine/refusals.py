@@ -44,7 +44,7 @@ def refusal(
         note = f"it would pass degrade_at ({shown}); a fallback serves if one fits"
     cls = DegradeRequired if violation.soft else BudgetExceeded
     return cls(
-        scope=spec.ref.scope,
+        scope=plan.labels[violation.index],
         limit=limit,
         quantity=quantity,
         window=spec.ref.per,
