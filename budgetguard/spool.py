@@ -149,6 +149,16 @@ class Spool:
                 continue
         return total
 
+    def orphaned(self) -> bool:
+        """Whether another process that is no longer running left lines here."""
+        for path in self.files():
+            try:
+                if path != self.path and path.stat().st_size and not _alive(path):
+                    return True
+            except FileNotFoundError:
+                continue
+        return False
+
     def replay(self, store: Store) -> int:
         """Replay every file; returns the lines applied. Stops (keeping the rest) if the store fails."""
         applied = 0

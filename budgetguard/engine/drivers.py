@@ -60,6 +60,9 @@ class DriverState:
         self.spool = spool
         self.breaker = Breaker(repr(store), getattr(store, "timeout", 1.0))
         self.started = spool is None  # a spool is looked at on the first operation, not at construction
+        #: how often to look for spool files that processes which died have left (seconds)
+        self.scan_every = 10.0
+        self.next_scan = time.monotonic() + self.scan_every
 
     def start(self) -> None:
         """Replay what an earlier process left in the spool (blocking file and store I/O)."""
@@ -70,16 +73,24 @@ class DriverState:
                 self.spool.try_replay(self.store)
 
     def wants_replay(self) -> bool:
-        return self.spool is not None and self.spool.dirty and not self.breaker.is_open()
+        """Whether the spool holds lines to replay, or it is time to look for ones a dead process left."""
+        if self.spool is None or self.breaker.is_open():
+            return False
+        return self.spool.dirty or time.monotonic() >= self.next_scan
 
     def replay(self) -> None:
-        """Replay this process's spooled writes (blocking); a failure trips the breaker."""
-        if self.spool is None or not self.wants_replay():
+        """Replay spooled writes (blocking); a failure trips the breaker."""
+        spool = self.spool
+        if spool is None or not self.wants_replay():
             return
+        if not spool.dirty:
+            self.next_scan = time.monotonic() + self.scan_every
+            if not spool.orphaned():
+                return
         try:
-            self.spool.replay(self.store)
+            spool.replay(self.store)
         except BudgetStoreUnavailable:
-            self.spool.dirty = True
+            spool.dirty = True
             self.breaker.trip()
 
     def replay_all(self) -> int:

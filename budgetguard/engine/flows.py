@@ -337,6 +337,7 @@ class Flows:
 
     def status(self, metadata: Mapping[str, Any]) -> Flow[BudgetStatus]:
         plan, skipped = self.planner.status_plan(metadata)
+        yield from ops.replay()  # what waits in the spool is spent too: count it before reading
         states = yield from ops.status(plan.refs)
         rows: list[LimitStatus] = []
         for label, group, st in zip(plan.labels, plan.groups, states, strict=True):

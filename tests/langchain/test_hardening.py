@@ -85,7 +85,10 @@ def _user_guard(store: object, records: list[CallRecord]) -> BudgetGuard:
 @pytest.mark.parametrize("kind", ["memory", "redis"])
 @pytest.mark.parametrize("user", [EMAIL, UUID_ID])
 def test_scopes_are_shown_and_reset_as_written(kind: str, user: str, request: pytest.FixtureRequest) -> None:
-    """Before the fix: ``user:alice%40example%2Ecom`` everywhere; ``reset("user:alice@...")`` reset nothing."""
+    """Before the fix: ``user:alice%40example%2Ecom`` everywhere.
+
+    And ``reset("user:alice@example.com")`` silently reset nothing.
+    """
     store: object = MemoryStore()
     if kind == "redis":
         server = request.getfixturevalue("redis_server")

@@ -55,7 +55,8 @@ def test_flows_yield_typed_operations_and_do_no_io() -> None:
     """A flow is a plain generator: stepping it by hand touches no store and no file."""
     guard = BudgetGuard(limit_usd=1, store=MemoryStore())
     flow = guard.engine.flows.status({})
-    op = next(flow)
+    assert isinstance(next(flow), ops.Replay), "what waits in the spool is counted before the read"
+    op = flow.send(None)
     assert isinstance(op, ops.Status) and op.refs == (REF,)
     with pytest.raises(StopIteration) as stop:
         flow.send([guard.store.status([REF])[0]])
