@@ -114,12 +114,11 @@ class BudgetGuard(Runnable[Any, Any]):
             raise ConfigError(
                 f"wrap() needs a LangChain Runnable such as a chat model, got {type(runnable).__name__}"
             )
-        hint = self.model_hint
         if not self.fallbacks:
-            return guard_runnable(self.engine, runnable, None, hint)
+            return guard_runnable(self.engine, runnable, None)
         ppm = None if self.degrade_at is None else round(self.degrade_at * 1_000_000)
-        primary = guard_runnable(self.engine, runnable, ppm, hint)
-        chain = [guard_runnable(self.engine, fb, None, hint) for fb in self.fallbacks]
+        primary = guard_runnable(self.engine, runnable, ppm)
+        chain = [guard_runnable(self.engine, fb, None) for fb in self.fallbacks]
         return primary.with_fallbacks(chain, exceptions_to_handle=(BudgetExceeded,))
 
     def compose_after(self, left: Runnable[Any, Any]) -> Runnable[Any, Any] | None:

@@ -53,13 +53,8 @@ def _with_handler(model: BaseLanguageModel[Any], handler: BudgetGuardCallback) -
     return model.model_copy(update=update)
 
 
-def guard_runnable(
-    engine: Engine, runnable: Runnable[Any, Any], soft_ppm: int | None, model: str | None = None
-) -> Runnable[Any, Any]:
-    """``runnable`` with the engine's handler on its chat model (or on every model inside it).
-
-    ``model`` (the guard's ``model=``) names the model of a chain's calls that name none.
-    """
+def guard_runnable(engine: Engine, runnable: Runnable[Any, Any], soft_ppm: int | None) -> Runnable[Any, Any]:
+    """``runnable`` with the engine's handler on its chat model (or on every model inside it)."""
     if isinstance(runnable, BaseLanguageModel):
         return _with_handler(runnable, guard_callback(engine, model_hint(runnable, soft_ppm)))
     if type(runnable) is RunnableBinding and isinstance(runnable.bound, BaseLanguageModel):
@@ -70,4 +65,4 @@ def guard_runnable(
             f"not the whole {type(runnable).__name__}"
         )
     # A chain or agent: inheritable callbacks reach every model call inside it.
-    return runnable.with_config(callbacks=[guard_callback(engine, ModelHint(model=model))])
+    return runnable.with_config(callbacks=[guard_callback(engine)])
