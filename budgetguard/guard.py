@@ -16,7 +16,9 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.base import coerce_to_runnable
 
+from .adapter import compose
 from .adapter.enforce import enforcing
 from .adapter.models import guard_runnable
 from .adapter.modes import Pipe, Wrapped
@@ -36,10 +38,9 @@ __all__ = ["BudgetGuard", "CallRecord"]
 class BudgetGuard(Runnable[Any, Any]):
     """Hard USD/token/request budgets for LangChain chat models.
 
-    Wrap a model (``guard.wrap(llm)`` or ``BudgetGuard(llm, ...)``) to check
-    every call *before* it is sent; or put it after one in a chain
-    (``llm | BudgetGuard(limit_usd=5)``) to record usage (see README: the
-    pipe form cannot stop a call under ``invoke``).
+    Wrap a model (``guard.wrap(llm)`` or ``BudgetGuard(llm, ...)``), or
+    compose it after one (``llm | BudgetGuard(limit_usd=5)``, also after a
+    whole chain): either way every call is checked *before* it is sent.
     """
 
     def __init__(
@@ -119,6 +120,20 @@ class BudgetGuard(Runnable[Any, Any]):
         primary = guard_runnable(self.engine, runnable, ppm)
         chain = [guard_runnable(self.engine, fb, None) for fb in self.fallbacks]
         return primary.with_fallbacks(chain, exceptions_to_handle=(BudgetExceeded,))
+
+    def compose_after(self, left: Runnable[Any, Any]) -> Runnable[Any, Any] | None:
+        """``left | guard``: ``guard.wrap(left)``, so ``left``'s model calls are checked before they are sent.
+
+        Called by ``|`` and ``pipe`` (``adapter/compose.py``). A guard around a
+        runnable of its own is an ordinary step: ``None`` leaves ``|`` to LangChain.
+        """
+        return self.wrap(left) if self._guarded is None else None
+
+    def __ror__(self, other: Any) -> Any:
+        # ``{"a": llm} | guard`` or ``fn | guard``: Python asks the guard, since the left is no Runnable.
+        if self._guarded is None:
+            return self.wrap(coerce_to_runnable(other))
+        return super().__ror__(other)
 
     def enforce(self, **metadata: Any) -> AbstractContextManager[BudgetGuard]:
         """Apply this guard to every model call inside the ``with`` block.
@@ -202,6 +217,9 @@ class BudgetGuard(Runnable[Any, Any]):
         self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
         return self._mode.atransform(input, config, **kwargs)
+
+
+compose.install(BudgetGuard)  # once, at import; idempotent
 
 
 @contextmanager

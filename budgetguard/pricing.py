@@ -39,7 +39,7 @@ from .errors import ConfigError, UnknownModelPrice
 from .providers import BEDROCK_REGION_PREFIXES, PROVIDER_ALIASES
 from .usage import TokenUsage
 
-__all__ = ["Price", "cost", "cost_nanos", "resolve_rates", "Rates", "NANOS_PER_USD"]
+__all__ = ["Price", "context_window", "cost", "cost_nanos", "resolve_rates", "Rates", "NANOS_PER_USD"]
 
 NANOS_PER_USD = 1_000_000_000
 _MTOK = 1_000_000
@@ -357,6 +357,13 @@ def resolve_rates(
     if default_price is not None:
         return _user_rates(model, default_price)
     raise UnknownModelPrice(model, provider)
+
+
+def context_window(model: str, provider: str | None = None) -> int | None:
+    """The model's context window in tokens, from the bundled data; ``None`` if unknown."""
+    entry = _bundled(model, provider) if model else None
+    window = entry.info.context_window if entry is not None else None
+    return window if isinstance(window, int) and window > 0 else None
 
 
 def _user_rates(model: str, price: Price) -> Rates:

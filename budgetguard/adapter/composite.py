@@ -18,6 +18,10 @@ from langchain_core.callbacks import BaseCallbackHandler
 __all__ = ["FanOut", "AsyncFanOut"]
 
 
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    """A member with no v3 event handler (a usage tracker) ignores the event."""
+
+
 class FanOut(BaseCallbackHandler):
     """Every member's sync method, in order; a handler of its own (``track_usage``) or a twin."""
 
@@ -46,6 +50,10 @@ class FanOut(BaseCallbackHandler):
     def on_llm_new_token(self, *args: Any, **kwargs: Any) -> None:
         for m in self.members:
             m.on_llm_new_token(*args, **kwargs)
+
+    def on_stream_event(self, *args: Any, **kwargs: Any) -> None:
+        for m in self.members:
+            getattr(m, "on_stream_event", _ignore)(*args, **kwargs)
 
     def on_llm_end(self, *args: Any, **kwargs: Any) -> None:
         for m in self.members:
@@ -84,6 +92,12 @@ class AsyncFanOut:
     async def on_llm_new_token(self, *args: Any, **kwargs: Any) -> None:
         for m in self.members:
             await m.on_llm_new_token(*args, **kwargs)
+
+    async def on_stream_event(self, *args: Any, **kwargs: Any) -> None:
+        for m in self.members:
+            handler = getattr(m, "on_stream_event", None)
+            if handler is not None:
+                await handler(*args, **kwargs)
 
     async def on_llm_end(self, *args: Any, **kwargs: Any) -> None:
         for m in self.members:

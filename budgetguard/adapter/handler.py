@@ -26,11 +26,19 @@ from ..engine import CallStart, Engine, ModelHint
 from .compat import on_async_path
 from .composite import AsyncFanOut, FanOut
 from .logs import quiet_refusals
+from .v3 import stream_event
 
 __all__ = ["BudgetGuardCallback", "SyncTwin", "AsyncTwin", "guard_callback"]
 
 #: The events a guard handles, in the order LangChain sends them.
-EVENTS = ("on_chat_model_start", "on_llm_start", "on_llm_new_token", "on_llm_end", "on_llm_error")
+EVENTS = (
+    "on_chat_model_start",
+    "on_llm_start",
+    "on_llm_new_token",
+    "on_stream_event",
+    "on_llm_end",
+    "on_llm_error",
+)
 
 T = TypeVar("T")
 
@@ -87,6 +95,9 @@ class SyncTwin(_Core):
     def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         self._observe(token, kwargs)
 
+    def on_stream_event(self, event: Any, **kwargs: Any) -> None:
+        stream_event(self.engine, event, kwargs)
+
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         self.engine.end(run_id, response)
 
@@ -109,6 +120,9 @@ class AsyncTwin(_Core):
 
     async def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         self._observe(token, kwargs)
+
+    async def on_stream_event(self, event: Any, **kwargs: Any) -> None:
+        stream_event(self.engine, event, kwargs)
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         await self.engine.aend(run_id, response)
@@ -145,6 +159,7 @@ class BudgetGuardCallback(BaseCallbackHandler):
     on_chat_model_start: Any = _Routed()
     on_llm_start: Any = _Routed()
     on_llm_new_token: Any = _Routed()
+    on_stream_event: Any = _Routed()
     on_llm_end: Any = _Routed()
     on_llm_error: Any = _Routed()
 

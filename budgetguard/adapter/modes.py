@@ -1,10 +1,14 @@
 """``BudgetGuard`` as a Runnable: wrapped around a model, or piped after one.
 
-``Wrapped`` hands every call to the guarded copy of the runnable. ``Pipe``
-(``llm | BudgetGuard(...)``) sees only the model's output: under ``invoke`` it
-records the usage after the fact and refuses later work once the budget is
-spent; under ``stream`` its transform is a plain generator that probes the
-budget before it pulls the upstream model, so a refusal stops the call.
+``Wrapped`` hands every call to the guarded copy of the runnable. ``llm |
+guard`` never reaches ``Pipe``: composition makes it ``guard.wrap(llm)``
+(``compose.py``). ``Pipe`` is the guard as a step of its own, where nothing
+was composed: ``RunnableSequence(llm, guard)`` built by hand, or
+``guard.invoke(message)``. It sees only the model's output: under ``invoke``
+it records the usage after the fact and refuses later work once the budget is
+spent; under ``stream`` its transform is a plain generator that reserves an
+honest worst case (``Flows.pipe_amount``) before it pulls the upstream model,
+so a refusal stops the call.
 
 Each streaming method returns the strategy's own (async) generator, so the
 guard adds no generator layer of its own: closing the stream closes it.
@@ -66,7 +70,7 @@ class Wrapped:
 
 
 class Pipe:
-    """The guard after a model in a chain: records (invoke) or probes first (stream)."""
+    """The guard as a step after a model: records (invoke), or reserves the worst case first (stream)."""
 
     def __init__(self, guard: Runnable[Any, Any], engine: Engine, model_hint: str | None) -> None:
         self.guard = guard  # batch and stream go through the guard's own invoke and transform
@@ -99,54 +103,70 @@ class Pipe:
         )
 
     def stream(self, input: Any, config: RunnableConfig | None, **kwargs: Any) -> Iterator[Any]:
-        yield from self.guard.transform(iter([input]), config)
+        yield from self._pull(iter([input]), config, input if isinstance(input, BaseMessage) else None)
 
     async def astream(self, input: Any, config: RunnableConfig | None, **kwargs: Any) -> AsyncIterator[Any]:
         async def one() -> AsyncIterator[Any]:
             yield input
 
-        async for chunk in self.guard.atransform(one(), config):
+        seen = input if isinstance(input, BaseMessage) else None
+        async for chunk in self._apull(one(), config, seen):
             yield chunk
 
     def transform(self, input: Iterator[Any], config: RunnableConfig | None, **kwargs: Any) -> Iterator[Any]:
-        # A plain generator: this line runs before the upstream model is pulled,
+        yield from self._pull(input, config, None)
+
+    async def atransform(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async for chunk in self._apull(input, config, None):
+            yield chunk
+
+    def _pull(
+        self, input: Iterator[Any], config: RunnableConfig | None, seen: BaseMessage | None
+    ) -> Iterator[Any]:
+        # A plain generator: this body runs before the upstream model is pulled,
         # so a refusal stops the call.
         metadata = ensure_config(config).get("metadata") or {}
-        lease_id, plan = self.engine.probe(metadata)
+        amount = self.engine.pipe_amount(seen, self.model_hint)
+        lease_id, plan = self.engine.probe(metadata, amount, self.model_hint)
         total: BaseMessage | None = None
         try:
             for chunk in input:
                 total = _merge(total, chunk)
                 yield chunk
         finally:
-            self.engine.settle_stream(lease_id, plan, total, self.model_hint)
+            self.engine.settle_stream(lease_id, plan, total, self.model_hint, amount)
 
-    async def atransform(
-        self, input: AsyncIterator[Any], config: RunnableConfig | None, **kwargs: Any
+    async def _apull(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None, seen: BaseMessage | None
     ) -> AsyncIterator[Any]:
         metadata = ensure_config(config).get("metadata") or {}
-        lease_id, plan = await self.engine.aprobe(metadata)
+        amount = self.engine.pipe_amount(seen, self.model_hint)
+        lease_id, plan = await self.engine.aprobe(metadata, amount, self.model_hint)
         total: BaseMessage | None = None
         try:
             async for chunk in input:
                 total = _merge(total, chunk)
                 yield chunk
         finally:
-            await self.engine.asettle_stream(lease_id, plan, total, self.model_hint)
+            await self.engine.asettle_stream(lease_id, plan, total, self.model_hint, amount)
 
     def _input(
         self, message: Any, config: RunnableConfig | None, *, stacklevel: int
     ) -> tuple[BaseMessage, Mapping[str, Any]]:
         if not isinstance(message, BaseMessage):
             raise ConfigError(
-                f"BudgetGuard in a pipe expects the chat model's message, got {type(message).__name__}; "
-                "place it right after the model: llm | BudgetGuard(...)"
+                f"BudgetGuard as a step of its own expects the chat model's message, got "
+                f"{type(message).__name__}; compose it instead (`chain | guard`), which guards every "
+                "model call of the chain before it is sent"
             )
         if not self.warned:
             self.warned = True
             warnings.warn(
-                "llm | BudgetGuard(...) under invoke records usage after the model has run; it cannot "
-                "stop that call. Use guard.wrap(llm) to refuse calls before they are sent.",
+                "BudgetGuard as a step of its own (RunnableSequence(llm, guard), guard.invoke(message)) "
+                "records usage after the model has run; it cannot stop that call. Compose it with "
+                "`llm | guard`, or use guard.wrap(llm), to refuse calls before they are sent.",
                 UserWarning,
                 stacklevel=stacklevel,  # the frame it named before: invoke's caller, two above ainvoke
             )

@@ -19,6 +19,7 @@ from langchain_core.outputs import LLMResult
 from ..errors import BudgetExceeded
 from ..limits import Limit
 from ..records import CallRecord
+from ..reservation import Amount
 from ..spool import Spool
 from ..status import BudgetStatus
 from ..stores.base import Store
@@ -93,21 +94,26 @@ class Engine:
     ) -> BudgetExceeded | None:
         return await self._async.run(self.flows.record(message, metadata, model_hint))
 
-    def probe(self, metadata: Mapping[str, Any]) -> tuple[str, Plan]:
-        return self._sync.run(self.flows.probe(metadata))
+    def pipe_amount(self, message: BaseMessage | None, model_hint: str | None) -> Amount:
+        return self.flows.pipe_amount(message, model_hint)
 
-    async def aprobe(self, metadata: Mapping[str, Any]) -> tuple[str, Plan]:
-        return await self._async.run(self.flows.probe(metadata))
+    def probe(self, metadata: Mapping[str, Any], amount: Amount, model: str | None) -> tuple[str, Plan]:
+        return self._sync.run(self.flows.probe(metadata, amount, model))
+
+    async def aprobe(
+        self, metadata: Mapping[str, Any], amount: Amount, model: str | None
+    ) -> tuple[str, Plan]:
+        return await self._async.run(self.flows.probe(metadata, amount, model))
 
     def settle_stream(
-        self, lease_id: str, plan: Plan, message: BaseMessage | None, model_hint: str | None
+        self, lease_id: str, plan: Plan, message: BaseMessage | None, model_hint: str | None, amount: Amount
     ) -> CallRecord | None:
-        return self._sync.run(self.flows.settle_stream(lease_id, plan, message, model_hint))
+        return self._sync.run(self.flows.settle_stream(lease_id, plan, message, model_hint, amount))
 
     async def asettle_stream(
-        self, lease_id: str, plan: Plan, message: BaseMessage | None, model_hint: str | None
+        self, lease_id: str, plan: Plan, message: BaseMessage | None, model_hint: str | None, amount: Amount
     ) -> CallRecord | None:
-        return await self._async.run(self.flows.settle_stream(lease_id, plan, message, model_hint))
+        return await self._async.run(self.flows.settle_stream(lease_id, plan, message, model_hint, amount))
 
     # ------------------------------------------------------------ operators
 

@@ -19,10 +19,10 @@ from uuid import UUID
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
-from ..errors import BudgetExceeded, BudgetStoreUnavailable
+from ..errors import BudgetExceeded, BudgetStoreUnavailable, ConfigError
 from ..estimate import estimate_input_tokens, estimate_text_tokens, max_output_tokens
 from ..model_names import call_model_name, first_name
-from ..pricing import Rates, resolve_rates
+from ..pricing import Rates, context_window, resolve_rates
 from ..records import CallRecord, Outcome
 from ..reservation import Amount, CounterRef
 from ..spool import encode_release, encode_reserve, encode_settle
@@ -281,10 +281,41 @@ class Flows:
             return refusal(plan, states_before(result.states, _PROBE), result.violation, _PROBE, rates.model)
         return None
 
-    def probe(self, metadata: Mapping[str, Any]) -> Flow[tuple[str, Plan]]:
-        """Pipe form, stream mode: refuse before the model is pulled if no room is left."""
+    def pipe_amount(self, message: BaseMessage | None, model_hint: str | None) -> Amount:
+        """What the pipe form reserves before it pulls the model: an honest worst case.
+
+        A message it can already see costs what it says (its served model, else
+        ``model=``). Otherwise (under ``transform`` the prompt is not visible)
+        the worst case of ``model=``: a full context window of input and
+        ``default_max_output_tokens`` of output, each token at its dearest rate.
+        """
+        if message is not None:
+            usage, served = _message_usage(message)
+            name = served or model_hint
+            if name:
+                if usage.cache_hit:
+                    return Amount(0, 0, 0)
+                return Amount(self._rates(name, None).nanos(usage), usage.total_tokens, 1)
+        if not model_hint:
+            raise ConfigError(
+                "BudgetGuard placed in a RunnableSequence by hand (or streamed on its own) cannot see "
+                "which model it follows, so it cannot reserve the call's worst case: pass "
+                "BudgetGuard(model='<model name>', ...), or compose it with `llm | guard` or guard.wrap(llm)"
+            )
+        window = context_window(model_hint)
+        if window is None:
+            raise ConfigError(
+                f"BudgetGuard placed in a RunnableSequence by hand cannot see the prompt, and no context "
+                f"window is known for model={model_hint!r} to bound it: compose it with `llm | guard` "
+                "or guard.wrap(llm), which check each call's own prompt"
+            )
+        out = self.default_max_output_tokens
+        return Amount(self._rates(model_hint, None).worst_nanos(window, out), window + out, 1)
+
+    def probe(self, metadata: Mapping[str, Any], amount: Amount, model: str | None) -> Flow[tuple[str, Plan]]:
+        """Pipe form, stream mode: reserve ``amount`` before the model is pulled, or refuse."""
         plan = self.planner.plan(metadata)
-        req = ReserveRequest(self._new_lease(), plan.specs, _PROBE, self.lease_ttl)
+        req = ReserveRequest(self._new_lease(), plan.specs, amount, self.lease_ttl)
         try:
             result = yield from ops.reserve(req)
         except BudgetStoreUnavailable:
@@ -294,33 +325,22 @@ class Flows:
             self._spooled_probes.add(req.lease_id)
             return req.lease_id, plan
         if not result.admitted:
-            raise refusal(plan, result.states, result.violation, _PROBE, None)
+            raise refusal(plan, result.states, result.violation, amount, model)
         return req.lease_id, plan
 
     def settle_stream(
-        self, lease_id: str, plan: Plan, message: BaseMessage | None, model_hint: str | None
+        self, lease_id: str, plan: Plan, message: BaseMessage | None, model_hint: str | None, amount: Amount
     ) -> Flow[CallRecord | None]:
         spooled = lease_id in self._spooled_probes
         self._spooled_probes.discard(lease_id)
         if message is None:  # the model failed before its first chunk: nothing was billed
             yield from self._release(
-                Pending(
-                    lease_id,
-                    plan.refs,
-                    plan.labels,
-                    _PROBE,
-                    _NO_RATES,
-                    None,
-                    0,
-                    0,
-                    spooled=spooled,
-                    probe=True,
-                )
+                Pending(lease_id, plan.refs, plan.labels, amount, _NO_RATES, None, 0, 0, spooled=spooled)
             )
             return None
         usage, served = _message_usage(message)
         rates = self._rates(served or model_hint or "", None)
-        p = Pending(lease_id, plan.refs, plan.labels, _PROBE, rates, None, 0, 0, spooled=spooled, probe=True)
+        p = Pending(lease_id, plan.refs, plan.labels, amount, rates, None, 0, 0, spooled=spooled)
         return (yield from self._settle(p, usage, served))
 
     def reset(self, scope: str) -> Flow[int]:

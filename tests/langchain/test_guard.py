@@ -14,7 +14,7 @@ from langchain_core.caches import InMemoryCache
 from langchain_core.globals import set_llm_cache
 from langchain_core.language_models import BaseChatModel
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import RunnableLambda, RunnableSequence
 from pydantic import BaseModel, ValidationError
 
 from budgetguard import (
@@ -237,9 +237,9 @@ def test_llm_cache_hit_costs_nothing() -> None:
 # ------------------------------------------------------------------ pipe form
 
 
-def test_pipe_invoke_records_and_warns_once() -> None:
+def test_hand_built_pipe_invoke_records_and_warns_once() -> None:
     guard = BudgetGuard(limit_usd=1)
-    chain = FakeChatModel(model_name="gpt-4o-mini", input_tokens=8, output_tokens=9) | guard
+    chain = RunnableSequence(FakeChatModel(model_name="gpt-4o-mini", input_tokens=8, output_tokens=9), guard)
     with pytest.warns(UserWarning, match="cannot stop that call"):
         chain.invoke("hi")
     with warnings.catch_warnings():
@@ -249,10 +249,10 @@ def test_pipe_invoke_records_and_warns_once() -> None:
     assert row.spent == Decimal("0.0000132")
 
 
-def test_pipe_refuses_later_work_once_exhausted() -> None:
+def test_hand_built_pipe_refuses_later_work_once_exhausted() -> None:
     guard = BudgetGuard(limits=[Limit(requests=1)])
     llm = FakeChatModel()
-    chain = llm | guard
+    chain = RunnableSequence(llm, guard)  # not composed with |: the guard is a step after the model
     with pytest.warns(UserWarning):
         chain.invoke("hi")
     with pytest.raises(BudgetExceeded):
