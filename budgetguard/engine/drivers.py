@@ -89,7 +89,9 @@ class DriverState:
         """Replay every spool file now, whatever the breaker says; how many lines were applied."""
         if self.spool is None:
             return 0
-        return self.spool.replay(self.store)
+        applied = self.spool.replay(self.store)
+        self.breaker.reset()  # the store answered: calls need not wait out the cooldown
+        return applied
 
     def append(self, entry: dict[str, Any]) -> None:
         assert self.spool is not None, "a flow spools only when the guard has a spool"

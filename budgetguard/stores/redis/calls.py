@@ -30,6 +30,7 @@ from redis.exceptions import (
     NoPermissionError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     ResponseError,
     TryAgainError,
 )
@@ -51,7 +52,7 @@ __all__ = ["FAILURES", "REFUSED", "TRANSIENT", "Call", "Reply", "classify", "fai
 REFUSED = (AuthenticationError, NoPermissionError)  # not transient: never retried
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 #: Everything a call may fail with that ``failure`` turns into a budgetguard error.
-FAILURES = (*TRANSIENT, ResponseError, InvalidResponse)
+FAILURES = (*TRANSIENT, ResponseError, InvalidResponse, RedisClusterException)
 
 
 class Reply(NamedTuple):
@@ -73,6 +74,7 @@ _OOM = Reply(
     "raise maxmemory or free memory on that server; keep maxmemory-policy noeviction (evicting "
     "budget keys would reset budgets)",
 )
+_SLOTS = "check that every hash slot is served (redis-cli --cluster check)"
 _BY_CLASS: tuple[tuple[type[BaseException], Reply], ...] = (
     (OutOfMemoryError, _OOM),
     (ReadOnlyError, Reply(True, True, "is a read-only replica (READONLY), as after a failover", _ROLES)),
@@ -82,12 +84,11 @@ _BY_CLASS: tuple[tuple[type[BaseException], Reply], ...] = (
     ),
     (
         ClusterDownError,
-        Reply(
-            True,
-            True,
-            "reports the cluster down (CLUSTERDOWN)",
-            "check that every hash slot is served (redis-cli --cluster check)",
-        ),
+        Reply(True, True, "reports the cluster down (CLUSTERDOWN)", _SLOTS),
+    ),
+    (  # redis-py's own finding, e.g. slots not covered when it reloads the slot map
+        RedisClusterException,
+        Reply(True, True, "is a cluster that does not serve every hash slot (RedisClusterException)", _SLOTS),
     ),
     (
         TryAgainError,

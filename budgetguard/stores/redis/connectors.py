@@ -14,7 +14,7 @@ import abc
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import SplitResult, parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from ...errors import BudgetStoreUnavailable, ConfigError
+from ...errors import ConfigError
 from ..base import Connector
 
 if TYPE_CHECKING:
@@ -147,9 +147,7 @@ class ClusterConnector(RedisConnector):
                 **auth,
                 **common,
             )
-        except RedisClusterException as e:
-            raise BudgetStoreUnavailable(label, e) from None
-        except TRANSIENT as e:
+        except (RedisClusterException, *TRANSIENT) as e:
             raise failure(label, e) from None
         asy = aredis.RedisCluster(
             startup_nodes=[AClusterNode(h, p) for h, p in nodes],
