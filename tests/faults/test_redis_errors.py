@@ -16,37 +16,18 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from redis_servers import Cluster, RedisServer
+from test_faults import LIMITS, expected, fake, totals  # one definition of the fault suite's helpers
 
-from budgetguard import BudgetGuard, CallRecord, ConfigError, Limit
+from budgetguard import BudgetGuard, CallRecord, ConfigError
 from budgetguard.errors import BudgetStoreUnavailable
-from budgetguard.testing import FakeChatModel
 
 pytestmark = pytest.mark.redis
-
-LIMITS = [Limit(usd=100, tokens=10**9, requests=10**6)]
-
-
-def fake() -> FakeChatModel:
-    return FakeChatModel(input_tokens=50, output_tokens=10, max_tokens=64)
-
-
-def totals(guard: BudgetGuard) -> dict[str, tuple[Decimal | int, Decimal | int]]:
-    return {r.quantity: (r.spent, r.reserved) for r in guard.remaining().rows}
-
-
-def expected(records: list[CallRecord]) -> dict[str, tuple[Decimal | int, int]]:
-    charged = [r for r in records if r.outcome != "released"]
-    return {
-        "usd": (sum((r.cost_usd for r in charged), Decimal(0)), 0),
-        "tokens": (sum(r.usage.total_tokens for r in charged), 0),
-        "requests": (len(charged), 0),
-    }
 
 
 def spooled_ops(spool_dir: Path) -> list[str]:
@@ -57,6 +38,14 @@ def spooled_ops(spool_dir: Path) -> list[str]:
         for p in sorted(spool_dir.rglob("spool-*.jsonl"))
         for line in p.read_bytes().splitlines()
     ]
+
+
+def recording(url: str, spool_dir: Path, **options: Any) -> tuple[BudgetGuard, list[CallRecord]]:
+    """A guard on ``url`` and the list its ``on_record`` fills."""
+    records: list[CallRecord] = []
+    return BudgetGuard(
+        limits=LIMITS, store=url, spool_dir=spool_dir, on_record=records.append, **options
+    ), records
 
 
 def refuses_closed(
@@ -101,14 +90,7 @@ def test_oom_closed_refuses_without_calling_the_model(
 def test_oom_open_lets_the_call_go_ahead_spools_it_and_replays_it_once(
     fresh_redis: RedisServer, admin: redis.Redis, tmp_path: Path
 ) -> None:
-    records: list[CallRecord] = []
-    guard = BudgetGuard(
-        limits=LIMITS,
-        store=fresh_redis.url,
-        on_store_error="open",
-        spool_dir=tmp_path,
-        on_record=records.append,
-    )
+    guard, records = recording(fresh_redis.url, tmp_path, on_store_error="open")
     llm = fake()
     guarded = guard.wrap(llm)
     guarded.invoke("before")
@@ -128,8 +110,7 @@ def test_a_settle_that_hits_oom_is_spooled_and_replayed_exactly_once(
     fresh_redis: RedisServer, admin: redis.Redis, tmp_path: Path
 ) -> None:
     """The model ran: the caller gets its answer, the settle waits in the spool, nothing is lost."""
-    records: list[CallRecord] = []
-    guard = BudgetGuard(limits=LIMITS, store=fresh_redis.url, spool_dir=tmp_path, on_record=records.append)
+    guard, records = recording(fresh_redis.url, tmp_path)
     llm = fake()
     guarded = guard.wrap(llm)
     guarded.invoke("before")
