@@ -12,6 +12,7 @@ from .errors import (
     UnknownModelPrice,
 )
 from .guard import BudgetGuard
+from .health import Health
 from .limits import Limit
 from .pricing import Price, cost
 from .records import CallRecord
@@ -41,6 +42,7 @@ __all__ = [
     "CallRecord",
     "ConfigError",
     "DegradeRequired",
+    "Health",
     "Limit",
     "LimitStatus",
     "MemoryStore",

@@ -32,19 +32,52 @@ class BudgetError(Exception):
 
 
 class BudgetStoreUnavailable(BudgetError):
-    """The budget store could not be reached in time; the model was not called."""
+    """The budget store could not be reached in time, or refused the operation.
+
+    ``operation`` is what was being done (``reserve``, ``settle``, ``release``,
+    ``status``, ``reset`` or ``ping``), so the message says what it means for
+    the caller: only a failed ``reserve`` means the call was not made.
+    """
 
     def __init__(
-        self, store: str, cause: BaseException | None = None, *, problem: str | None = None, sent: bool = True
+        self,
+        store: str,
+        cause: BaseException | None = None,
+        *,
+        problem: str | None = None,
+        fix: str | None = None,
+        sent: bool = True,
+        operation: str = "reserve",
     ) -> None:
         self.store = store
         #: False when nothing was sent (the store was known to be down), so nothing can land late.
         self.sent = sent
+        self.operation = operation
         why = f": {type(cause).__name__}" if cause is not None else ""
-        what = problem or (
-            f"did not answer in time{why}. Check that the store is up and reachable, or raise store_timeout"
+        self.problem = problem or f"did not answer in time{why}"
+        self.fix = fix if problem else "Check that the store is up and reachable, or raise store_timeout"
+        fix_text = f" {self.fix[:1].upper()}{self.fix[1:]}." if self.fix else ""
+        after = _AFTER.get(operation, _AFTER["reserve"])
+        super().__init__(f"Budget store {store} {self.problem}.{fix_text} {after}")
+
+    def during(self, operation: str) -> BudgetStoreUnavailable:
+        """The same failure, told for ``operation`` (the driver knows what the store was asked)."""
+        if operation == self.operation:
+            return self
+        return BudgetStoreUnavailable(
+            self.store, problem=self.problem, fix=self.fix, sent=self.sent, operation=operation
         )
-        super().__init__(f"Budget store {store} {what}. The call was not made (budgets fail closed).")
+
+
+#: What a store failure means for the caller, by operation.
+_AFTER = {
+    "reserve": "The call was not made (budgets fail closed).",
+    "settle": "The call already ran; its usage is not recorded yet (a guard spools it for later).",
+    "release": "The reservation stays until the spool is replayed or its lease expires.",
+    "status": "The budget status could not be read.",
+    "reset": "Nothing was reset.",
+    "ping": "The health check failed.",
+}
 
 
 class ConfigError(BudgetError, ValueError):

@@ -25,6 +25,7 @@ from .adapter.modes import Pipe, Wrapped
 from .engine import Engine, EngineConfig
 from .errors import BudgetExceeded, ConfigError
 from .estimate import DEFAULT_MAX_OUTPUT_TOKENS
+from .health import Health, acheck, check
 from .limits import Limit
 from .pricing import Price
 from .records import CallRecord
@@ -150,6 +151,14 @@ class BudgetGuard(Runnable[Any, Any]):
 
     async def aremaining(self, **metadata: Any) -> BudgetStatus:
         return await self.engine.astatus(metadata)
+
+    def health(self) -> Health:
+        """For readiness probes: one round trip to the store, bounded by its timeout; never raises
+        for a down store (``Health.ok`` is False and ``problem``/``fix`` say why)."""
+        return check(self.store)
+
+    async def ahealth(self) -> Health:
+        return await acheck(self.store)
 
     def replay_spool(self) -> int:
         """Replay spooled store writes now (done by itself once the store answers again)."""

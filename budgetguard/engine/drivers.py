@@ -24,6 +24,9 @@ __all__ = ["AsyncDriver", "Breaker", "DriverState", "SyncDriver"]
 
 T = TypeVar("T")
 
+#: What each store operation is called in a ``BudgetStoreUnavailable`` (its message depends on it).
+_NAMES: dict[type, str] = {Reserve: "reserve", Settle: "settle", Release: "release", Status: "status"}
+
 
 class Breaker:
     """After a store failure, refuse at once for one store timeout instead of waiting on it again."""
@@ -38,11 +41,11 @@ class Breaker:
     def is_open(self) -> bool:
         return bool(self._down_until) and time.monotonic() < self._down_until
 
-    def check(self) -> None:
+    def check(self, operation: str = "reserve") -> None:
         """Raise (nothing sent, so nothing can land late) while the store is known to be down."""
         if self._down_until and time.monotonic() < self._down_until:
             raise BudgetStoreUnavailable(
-                self.label, None, problem="is down (it failed moments ago)", sent=False
+                self.label, None, problem="is down (it failed moments ago)", sent=False, operation=operation
             )
 
     def trip(self) -> None:
@@ -97,7 +100,9 @@ class DriverState:
         """Replay every spool file now, whatever the breaker says; how many lines were applied."""
         if self.spool is None:
             return 0
-        return self.spool.replay(self.store)
+        applied = self.spool.replay(self.store)
+        self.breaker.reset()  # the store answered: calls need not wait out the cooldown
+        return applied
 
     def append(self, entry: dict[str, Any]) -> None:
         assert self.spool is not None, "a flow spools only when the guard has a spool"
@@ -163,12 +168,13 @@ class SyncDriver:
             return state.replay()
         if not state.started:
             state.start()
-        state.breaker.check()
+        name = _NAMES[type(op)]
+        state.breaker.check(name)
         try:
             out = self._calls[type(op)](op)
-        except BudgetStoreUnavailable:
+        except BudgetStoreUnavailable as exc:
             state.breaker.trip()
-            raise
+            raise exc.during(name) from None
         state.breaker.reset()
         if state.spool is not None:
             state.replay()
@@ -209,12 +215,13 @@ class AsyncDriver:
             return await self._replay()
         if not state.started:
             await asyncio.to_thread(state.start)
-        state.breaker.check()
+        name = _NAMES[type(op)]
+        state.breaker.check(name)
         try:
             out = await self._calls[type(op)](op)
-        except BudgetStoreUnavailable:
+        except BudgetStoreUnavailable as exc:
             state.breaker.trip()
-            raise
+            raise exc.during(name) from None
         state.breaker.reset()
         await self._replay()
         return out

@@ -110,6 +110,16 @@ class Store(abc.ABC):
     async def areset(self, scope: str) -> int:
         return self.reset(scope)
 
+    def ping(self) -> float:
+        """One round trip to the store, for health checks; the seconds it took.
+
+        Raises ``BudgetStoreUnavailable`` (or ``ConfigError``) when the store cannot serve.
+        """
+        return 0.0  # an in-process store is always there
+
+    async def aping(self) -> float:
+        return self.ping()
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections, if any."""
 

@@ -58,12 +58,15 @@ def test_a_redis_url_in_any_case_is_accepted_by_every_layer(scheme: str) -> None
         budgetguard.BudgetGuard(limit_usd=1, store=url).store,
     ):
         assert isinstance(store, RedisStore)
-        assert store.label == "redis://127.0.0.1"
+        assert store.label == "redis://127.0.0.1:1/0"  # host, port and db, the scheme lower case
 
 
 def test_sentinel_and_unix_schemes_in_upper_case() -> None:
-    assert RedisStore.from_url("REDIS+SENTINEL://127.0.0.1:1/svc").label == "redis+sentinel/svc"
-    assert store_from_url("UNIX:///tmp/none.sock").label == "unix:///tmp/none.sock"  # type: ignore[attr-defined]
+    assert (
+        RedisStore.from_url("REDIS+SENTINEL://127.0.0.1:1/svc").label
+        == "redis+sentinel://127.0.0.1:1/svc?db=0"
+    )
+    assert store_from_url("UNIX:///tmp/none.sock").label == "unix:///tmp/none.sock?db=0"  # type: ignore[attr-defined]
 
 
 def test_an_upper_case_url_reaches_the_same_server(redis_server: RedisServer) -> None:

@@ -10,7 +10,7 @@ import redis.asyncio as aredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["is_cluster", "spool_key", "sync_twin"]
+__all__ = ["describe", "is_cluster", "spool_key", "sync_twin"]
 
 _TWIN_KEYS = (
     "host",
@@ -76,3 +76,27 @@ def spool_key(client: Any, prefix: str, label: str) -> str:
         where = ",".join(nodes)
     digest = hashlib.sha256(f"{where}|{prefix}".encode()).hexdigest()[:16]
     return f"redis-{digest}"
+
+
+def describe(client: Any, cluster: bool) -> str:
+    """A secret-free label for messages: scheme, host, port and db (or the Cluster's nodes)."""
+    if cluster or hasattr(client, "get_nodes"):
+        try:
+            nodes = ",".join(f"{n.host}:{n.port}" for n in client.get_nodes())
+        except (AttributeError, TypeError):
+            nodes = ""
+        return f"redis+cluster://{nodes}" if nodes else "redis+cluster"
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return "redis"
+    return address("redis", kwargs.get("host"), kwargs.get("port"), kwargs.get("db"), kwargs.get("path"))
+
+
+def address(scheme: str, host: Any, port: Any, db: Any, path: Any = None) -> str:
+    """``redis://host:port/db`` (IPv6 hosts bracketed), or ``unix:///path?db=N``; never credentials."""
+    if path:
+        return f"unix://{path}?db={db or 0}"
+    host = str(host or "127.0.0.1")
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port or 6379}/{db or 0}"

@@ -12,15 +12,23 @@ from __future__ import annotations
 
 import abc
 from typing import TYPE_CHECKING, Any, NamedTuple
-from urllib.parse import SplitResult, parse_qs, unquote
+from urllib.parse import SplitResult, parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from ...errors import BudgetStoreUnavailable, ConfigError
+from ...errors import ConfigError
 from ..base import Connector
 
 if TYPE_CHECKING:
     from .store import RedisStore
 
-__all__ = ["Clients", "ClusterConnector", "RedisConnector", "SentinelConnector", "SingleConnector", "Target"]
+__all__ = [
+    "Clients",
+    "ClusterConnector",
+    "RedisConnector",
+    "SentinelConnector",
+    "SingleConnector",
+    "Target",
+    "store_options",
+]
 
 _BAD_DB = "bad Redis database {!r} in the URL; "
 
@@ -98,7 +106,13 @@ class SingleConnector(RedisConnector):
             )
             for module in (redis, aredis)
         ]
-        label = f"{target.scheme}://{parts.hostname or parts.path}"
+        from .clients import address
+
+        db = db_text or "0"
+        if target.scheme == "unix":
+            label = address("unix", None, None, db, parts.path)
+        else:
+            label = address(target.scheme, parts.hostname, parts.port, db)
         return Clients(
             redis.Redis(connection_pool=pools[0]), aredis.Redis(connection_pool=pools[1]), {"label": label}
         )
@@ -117,9 +131,10 @@ class ClusterConnector(RedisConnector):
         from redis.cluster import ClusterNode
         from redis.exceptions import RedisClusterException
 
-        from .calls import TRANSIENT
+        from .calls import TRANSIENT, failure
 
         nodes = target.nodes(6379)
+        label = f"{target.scheme}://" + ",".join(f"{h}:{p}" for h, p in nodes)
         auth = target.auth()
         ssl = target.scheme.startswith("rediss")
         common = target.common()
@@ -133,7 +148,7 @@ class ClusterConnector(RedisConnector):
                 **common,
             )
         except (RedisClusterException, *TRANSIENT) as e:
-            raise BudgetStoreUnavailable("redis+cluster", e) from None
+            raise failure(label, e) from None
         asy = aredis.RedisCluster(
             startup_nodes=[AClusterNode(h, p) for h, p in nodes],
             max_connections=target.max_connections,
@@ -141,7 +156,7 @@ class ClusterConnector(RedisConnector):
             **auth,
             **{k: v for k, v in common.items() if k != "health_check_interval"},
         )
-        return Clients(sync, asy, {"cluster": True, "label": "redis+cluster"})
+        return Clients(sync, asy, {"cluster": True, "label": label})
 
 
 class SentinelConnector(RedisConnector):
@@ -167,7 +182,8 @@ class SentinelConnector(RedisConnector):
         asentinel = ASentinel(nodes, sentinel_kwargs=skw, **common)  # type: ignore[no-untyped-call]
         sync = sentinel.master_for(service, db=db, **auth)  # type: ignore[no-untyped-call]
         asy = asentinel.master_for(service, db=db, **auth)
-        return Clients(sync, asy, {"label": f"redis+sentinel/{service}"})
+        where = ",".join(f"{h}:{p}" for h, p in nodes)
+        return Clients(sync, asy, {"label": f"{target.scheme}://{where}/{service}?db={db}"})
 
 
 def hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
@@ -195,3 +211,19 @@ def credentials(parts: SplitResult) -> dict[str, Any]:
     elif user:
         out["password"] = unquote(user)
     return out
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def store_options(url: str) -> tuple[str, dict[str, Any]]:
+    """The store's own URL options (``?allow_eviction=true``), taken out before redis-py reads the URL."""
+    parts = urlsplit(url)
+    if "allow_eviction" not in parts.query:
+        return url, {}
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    values = [v.lower() for k, v in pairs if k == "allow_eviction"]
+    if not values or values[-1] not in _TRUE + _FALSE:
+        raise ConfigError(f"allow_eviction in the URL must be true or false, got {values[-1:]}")
+    rest = urlencode([(k, v) for k, v in pairs if k != "allow_eviction"])
+    return urlunsplit(parts._replace(query=rest)), {"allow_eviction": values[-1] in _TRUE}

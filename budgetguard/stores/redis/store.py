@@ -15,9 +15,10 @@ from ...reservation import Amount, CounterRef, CounterSpec, CounterState
 from .. import registry
 from ..base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
 from . import codec
-from .calls import TRANSIENT, mapped
-from .clients import is_cluster, spool_key, sync_twin
-from .connectors import RedisConnector, Target
+from .calls import FAILURES, mapped
+from .clients import describe, is_cluster, spool_key, sync_twin
+from .connectors import RedisConnector, Target, store_options
+from .policy import refuse_eviction
 from .scripts import SOURCES
 
 __all__ = ["RedisStore"]
@@ -35,6 +36,9 @@ class RedisStore(Store):
     Leases that ran out are charged by the scripts themselves, at most 200
     per root scope per call (the next calls charge the rest); until then an
     overdue lease still counts against the budget, as reserved.
+
+    The first operation reads ``INFO memory`` and refuses (``ConfigError``) a
+    server whose ``maxmemory-policy`` may evict keys, unless ``allow_eviction``.
     """
 
     blocking = True
@@ -53,6 +57,7 @@ class RedisStore(Store):
         grace: int = 86400,
         cluster: bool | None = None,
         label: str | None = None,
+        allow_eviction: bool = False,
     ) -> None:
         _check(client, async_client, prefix, timeout, attempts)
         if client is None:
@@ -68,7 +73,9 @@ class RedisStore(Store):
         self.tombstone_ttl = int(tombstone_ttl)
         self.grace = int(grace)
         self.cluster = is_cluster(client, async_client) if cluster is None else cluster
-        self.label = label or ("redis+cluster" if self.cluster else "redis")
+        self.label = label or describe(client if client is not None else async_client, self.cluster)
+        self.allow_eviction = bool(allow_eviction)
+        self._policy_ok = self.allow_eviction  # checked on the first operation: constructors do no I/O
         self._sync_scripts = _register(client)
         self._async_scripts = _register(async_client)
         self._roots_seen: set[str] = set()
@@ -116,8 +123,9 @@ class RedisStore(Store):
             connector = registry.lookup(scheme)
         if connector is None or not issubclass(connector, RedisConnector):
             raise ConfigError(f"unsupported Redis URL scheme {scheme!r}; use {registry.listing(_REDIS)}")
+        url, from_query = store_options(url)
         sync, asy, own = connector.clients(Target(url, urlsplit(url), scheme, timeout, max_connections))
-        return cls(sync, asy, timeout=timeout, **own, **options)
+        return cls(sync, asy, timeout=timeout, **own, **{**from_query, **options})
 
     # ------------------------------------------------------------ plumbing
 
@@ -127,27 +135,42 @@ class RedisStore(Store):
     def _bases(self, scopes: Sequence[str]) -> tuple[list[str], list[int]]:
         return codec.key_bases(self.prefix, scopes, self.cluster)
 
-    def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def _call(self, name: str, keys: list[str], args: list[Any], operation: str = "") -> Any:
         if not self._sync_scripts:
             raise ConfigError("this RedisStore has only an asyncio client; pass client= for sync calls")
         script = self._sync_scripts[name]
-        with mapped(self.label, self.timeout, self.attempts) as call:
+        with mapped(self.label, self.timeout, self.attempts, operation or name) as call:
             try:  # the common case: one attempt, no retry machinery
-                return script(keys=keys, args=args)
-            except TRANSIENT as e:
+                return self._run(script, keys, args)
+            except FAILURES as e:
                 retrying = Retrying(**call.retry_policy(e))
-            return retrying(script, keys=keys, args=args)
+            return retrying(self._run, script, keys, args)
 
-    async def _acall(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def _acall(self, name: str, keys: list[str], args: list[Any], operation: str = "") -> Any:
         if not self._async_scripts:
-            return await asyncio.to_thread(self._call, name, keys, args)
+            return await asyncio.to_thread(self._call, name, keys, args, operation)
         script = self._async_scripts[name]
-        with mapped(self.label, self.timeout, self.attempts) as call:
+        with mapped(self.label, self.timeout, self.attempts, operation or name) as call:
             try:
-                return await script(keys=keys, args=args)
-            except TRANSIENT as e:
+                return await self._arun(script, keys, args)
+            except FAILURES as e:
                 retrying = AsyncRetrying(**call.retry_policy(e))
-            return await retrying(script, keys=keys, args=args)
+            return await retrying(self._arun, script, keys, args)
+
+    def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if not self._policy_ok:
+            self._check_policy(self.client.info("memory"))
+        return script(keys=keys, args=args)
+
+    async def _arun(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if not self._policy_ok:
+            self._check_policy(await self.async_client.info("memory"))
+        return await script(keys=keys, args=args)
+
+    def _check_policy(self, info: Any) -> None:
+        """Refuse an evicting server (``ConfigError``); once it passed, it is not read again."""
+        refuse_eviction(info, self.label)
+        self._policy_ok = True
 
     # ------------------------------------------------------------ arguments
 
@@ -186,7 +209,7 @@ class RedisStore(Store):
         if new and self.client is not None:
             try:
                 self.client.sadd(f"{self.prefix}roots", *new)
-            except TRANSIENT:
+            except FAILURES:
                 self._roots_seen.difference_update(new)  # listing only; retry next time
 
     async def _aregister_roots(self, bases: list[str]) -> None:
@@ -197,7 +220,7 @@ class RedisStore(Store):
         if new:
             try:
                 await self.async_client.sadd(f"{self.prefix}roots", *new)
-            except TRANSIENT:
+            except FAILURES:
                 self._roots_seen.difference_update(new)  # listing only; retry next time
 
     # ------------------------------------------------------------ the interface
@@ -226,11 +249,11 @@ class RedisStore(Store):
 
     def release(self, lease_id: str, counters: tuple[CounterRef, ...]) -> bool:
         keys, args = self._release_args(lease_id, counters)
-        return codec.decode_text(self._call("settle", keys, args)) == "released"
+        return codec.decode_text(self._call("settle", keys, args, "release")) == "released"
 
     async def arelease(self, lease_id: str, counters: tuple[CounterRef, ...]) -> bool:
         keys, args = self._release_args(lease_id, counters)
-        return codec.decode_text(await self._acall("settle", keys, args)) == "released"
+        return codec.decode_text(await self._acall("settle", keys, args, "release")) == "released"
 
     def status(self, refs: Sequence[CounterRef]) -> list[CounterState]:
         if not refs:
@@ -262,6 +285,30 @@ class RedisStore(Store):
                 scope, _, per = codec.decode_text(member).rpartition("\t")
                 out.append((scope, per))
         return sorted(out)
+
+    def ping(self) -> float:
+        """One round trip (PING, or on a first contact the eviction check's INFO), no retry;
+        seconds taken. Raises ``BudgetStoreUnavailable`` or ``ConfigError`` naming the fix."""
+        if self.client is None:
+            return asyncio.run(self.aping())
+        with mapped(self.label, self.timeout, 1, "ping"):
+            t0 = time.monotonic()
+            if self._policy_ok:
+                self.client.ping()
+            else:
+                self._check_policy(self.client.info("memory"))
+            return time.monotonic() - t0
+
+    async def aping(self) -> float:
+        if self.async_client is None:
+            return await asyncio.to_thread(self.ping)
+        with mapped(self.label, self.timeout, 1, "ping"):
+            t0 = time.monotonic()
+            if self._policy_ok:
+                await self.async_client.ping()
+            else:
+                self._check_policy(await self.async_client.info("memory"))
+            return time.monotonic() - t0
 
     def close(self) -> None:
         if self.client is not None:
