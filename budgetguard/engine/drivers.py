@@ -24,9 +24,6 @@ __all__ = ["AsyncDriver", "Breaker", "DriverState", "SyncDriver"]
 
 T = TypeVar("T")
 
-#: What each store operation is called in a ``BudgetStoreUnavailable`` (its message depends on it).
-_NAMES: dict[type, str] = {Reserve: "reserve", Settle: "settle", Release: "release", Status: "status"}
-
 
 class Breaker:
     """After a store failure, refuse at once for one store timeout instead of waiting on it again."""
@@ -168,7 +165,7 @@ class SyncDriver:
             return state.replay()
         if not state.started:
             state.start()
-        name = _NAMES[type(op)]
+        name = op.operation  # type: ignore[union-attr]
         state.breaker.check(name)
         try:
             out = self._calls[type(op)](op)
@@ -215,7 +212,7 @@ class AsyncDriver:
             return await self._replay()
         if not state.started:
             await asyncio.to_thread(state.start)
-        name = _NAMES[type(op)]
+        name = op.operation  # type: ignore[union-attr]
         state.breaker.check(name)
         try:
             out = await self._calls[type(op)](op)

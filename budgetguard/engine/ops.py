@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, TypeVar, Union, cast
+from typing import Any, ClassVar, TypeVar, Union, cast
 
 from ..reservation import CounterRef, CounterState
 from ..stores.base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest
@@ -38,27 +38,32 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Reserve:
+    operation: ClassVar[str] = "reserve"  # named in errors
     request: ReserveRequest
 
 
 @dataclass(frozen=True, slots=True)
 class Settle:
+    operation: ClassVar[str] = "settle"  # named in errors
     request: SettleRequest
 
 
 @dataclass(frozen=True, slots=True)
 class Release:
+    operation: ClassVar[str] = "release"  # named in errors
     lease_id: str
     counters: tuple[CounterRef, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Status:
+    operation: ClassVar[str] = "status"  # named in errors
     refs: tuple[CounterRef, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Reset:
+    operation: ClassVar[str] = "reset"  # named in errors
     scope: str  # a store key
 
 
