@@ -37,6 +37,7 @@ from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, Plan, Planner
 from .refusals import refusal, states_before
+from .user import UserCallbacks
 
 __all__ = ["Begun", "Flows"]
 
@@ -75,6 +76,7 @@ class Flows:
         self.on_record = config.on_record
         self.fail_open = config.on_store_error == "open"
         self.spool_dir = spool_dir  # None: no spool, store faults reach the caller
+        self.user_callbacks = UserCallbacks()
         self._tag = os.urandom(4).hex()
         self._spooled_probes: set[str] = set()
 
@@ -297,7 +299,7 @@ class Flows:
         if debug:
             logger.debug("budgetguard: %s", rec)
         if self.on_record is not None:
-            self.on_record(rec)
+            self.user_callbacks.call(self.on_record, rec)
         return rec
 
     # ------------------------------------------------------------ pipe form
