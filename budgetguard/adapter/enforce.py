@@ -34,7 +34,7 @@ class _EnforceCallback(BudgetGuardCallback):
         super().__init__(
             FanOut([m.sync_twin for m in members], release=True),
             AsyncFanOut([m.async_twin for m in members], release=True),
-            blocking=not all(m.run_inline for m in members),
+            blocking=any(m.blocking for m in members),
         )
 
 

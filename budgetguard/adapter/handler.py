@@ -14,8 +14,8 @@ and ``AsyncBaseTracer`` share ``_TracerCore``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -23,12 +23,12 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
 from ..engine import CallStart, Engine, ModelHint
-from .compat import on_async_path
+from .compat import detection_available, on_async_path
 from .composite import AsyncFanOut, FanOut
 from .logs import quiet_refusals
 from .v3 import stream_event
 
-__all__ = ["BudgetGuardCallback", "SyncTwin", "AsyncTwin", "guard_callback"]
+__all__ = ["GUARDS_KEY", "BudgetGuardCallback", "SyncTwin", "AsyncTwin", "guard_callback"]
 
 #: The events a guard handles, in the order LangChain sends them.
 EVENTS = (
@@ -40,42 +40,59 @@ EVENTS = (
     "on_llm_error",
 )
 
-T = TypeVar("T")
+#: Metadata key on a guarded model: the tags of the guards whose handler the model carries.
+GUARDS_KEY = "budgetguard_guards"
 
 
 class _Core:
-    """What both twins share: the engine, the model hint, the metadata merge, token counting."""
+    """What both twins share: the engine, the model hint, the metadata merge, token counting.
 
-    __slots__ = ("engine", "extra_metadata", "hint")
+    ``owner`` is shared by the two twins of one handler: the calls it begins
+    are settled only by its own end and error events, never by another
+    handler's (the same guard on a model and on the chain around it).
+    """
 
-    def __init__(self, engine: Engine, hint: ModelHint, extra_metadata: dict[str, Any]) -> None:
+    __slots__ = ("engine", "extra_metadata", "generic", "hint", "owner")
+
+    def __init__(
+        self, engine: Engine, hint: ModelHint, extra_metadata: dict[str, Any], owner: object
+    ) -> None:
         self.engine = engine
         self.hint = hint
         self.extra_metadata = extra_metadata
+        self.owner = owner
+        # Knows nothing of the model, adds no metadata: defers to a handler of its guard on the model.
+        self.generic = hint == ModelHint() and not extra_metadata
 
     def _meta(self, metadata: Mapping[str, Any] | None) -> Mapping[str, Any]:
         if not self.extra_metadata:
             return metadata or {}
         return {**(metadata or {}), **self.extra_metadata}
 
-    def _begin(
-        self,
-        begin: Callable[..., T],
-        messages: Sequence[BaseMessage] | None,
-        prompts: Sequence[str] | None,
-        kwargs: dict[str, Any],
-    ) -> T:
-        """``engine.begin`` or ``engine.abegin`` for a start event's keyword arguments."""
+    def _call(
+        self, messages: Sequence[BaseMessage] | None, prompts: Sequence[str] | None, kwargs: dict[str, Any]
+    ) -> CallStart | None:
+        """The start event as a ``CallStart``; None if this guard's handler on the model will take it.
+
+        The model's own handler knows the model (its profile's output cap, the
+        degrade threshold), so a chain-level handler of the same guard leaves
+        the call to it rather than reserving a cruder estimate first.
+        """
         meta = self._meta(kwargs.get("metadata"))
-        return begin(
-            CallStart(kwargs["run_id"], messages, prompts, kwargs.get("invocation_params"), meta, self.hint)
+        if self.generic and self.engine.tag in (meta.get(GUARDS_KEY) or ()):
+            return None
+        return CallStart(
+            kwargs["run_id"], messages, prompts, kwargs.get("invocation_params"), meta, self.hint, self.owner
         )
 
     def _observe(self, token: Any, kwargs: dict[str, Any]) -> None:
         # No I/O, so the async twin counts tokens with this too.
         chunk = kwargs.get("chunk")
         self.engine.observe(
-            kwargs["run_id"], getattr(chunk, "message", None), token if isinstance(token, str) else ""
+            kwargs["run_id"],
+            getattr(chunk, "message", None),
+            token if isinstance(token, str) else "",
+            self.owner,
         )
 
 
@@ -87,10 +104,14 @@ class SyncTwin(_Core):
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], **kwargs: Any
     ) -> None:
-        self._begin(self.engine.begin, messages[0], None, kwargs)
+        self._begin(self._call(messages[0], None, kwargs))
 
     def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], **kwargs: Any) -> None:
-        self._begin(self.engine.begin, None, prompts[:1], kwargs)
+        self._begin(self._call(None, prompts[:1], kwargs))
+
+    def _begin(self, call: CallStart | None) -> None:
+        if call is not None:
+            self.engine.begin(call)
 
     def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         self._observe(token, kwargs)
@@ -99,10 +120,10 @@ class SyncTwin(_Core):
         stream_event(self.engine, event, kwargs)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        self.engine.end(run_id, response)
+        self.engine.end(run_id, response, self.owner)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self.engine.fail(run_id, error)
+        self.engine.fail(run_id, error, self.owner)
 
 
 class AsyncTwin(_Core):
@@ -113,10 +134,14 @@ class AsyncTwin(_Core):
     async def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], **kwargs: Any
     ) -> None:
-        await self._begin(self.engine.abegin, messages[0], None, kwargs)
+        await self._begin(self._call(messages[0], None, kwargs))
 
     async def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], **kwargs: Any) -> None:
-        await self._begin(self.engine.abegin, None, prompts[:1], kwargs)
+        await self._begin(self._call(None, prompts[:1], kwargs))
+
+    async def _begin(self, call: CallStart | None) -> None:
+        if call is not None:
+            await self.engine.abegin(call)
 
     async def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         self._observe(token, kwargs)
@@ -125,10 +150,10 @@ class AsyncTwin(_Core):
         stream_event(self.engine, event, kwargs)
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        await self.engine.aend(run_id, response)
+        await self.engine.aend(run_id, response, self.owner)
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        await self.engine.afail(run_id, error)
+        await self.engine.afail(run_id, error, self.owner)
 
 
 class _Routed:
@@ -168,7 +193,10 @@ class BudgetGuardCallback(BaseCallbackHandler):
     ) -> None:
         self.sync_twin = sync_twin
         self.async_twin = async_twin
-        self.run_inline = not blocking
+        self.blocking = blocking
+        # Inline on the async path too: the async twin then runs in the caller's own task,
+        # which is what a cancelled call is registered with (``engine.pending``).
+        self.run_inline = not blocking or detection_available()
         if not blocking:
             # Plain instance attributes shadow the routing: no look-up logic per event.
             for name in EVENTS:
@@ -179,5 +207,5 @@ def guard_callback(
     engine: Engine, hint: ModelHint | None = None, metadata: Mapping[str, Any] | None = None
 ) -> BudgetGuardCallback:
     """The handler of one guard: both twins over the same engine, hint and extra metadata."""
-    state = (engine, hint or ModelHint(), dict(metadata or {}))
+    state = (engine, hint or ModelHint(), dict(metadata or {}), object())
     return BudgetGuardCallback(SyncTwin(*state), AsyncTwin(*state), blocking=engine.store.blocking)

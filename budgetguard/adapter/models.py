@@ -17,7 +17,7 @@ from langchain_core.runnables import Runnable, RunnableBinding
 from ..engine import Engine, ModelHint
 from ..errors import ConfigError
 from ..model_names import configured_model_name
-from .handler import BudgetGuardCallback, guard_callback
+from .handler import GUARDS_KEY, BudgetGuardCallback, guard_callback
 
 __all__ = ["guard_runnable", "model_hint"]
 
@@ -35,7 +35,9 @@ def model_hint(model: BaseLanguageModel[Any], soft_ppm: int | None) -> ModelHint
     return ModelHint(name, provider, profile_max if isinstance(profile_max, int) else None, soft_ppm)
 
 
-def _with_handler(model: BaseLanguageModel[Any], handler: BudgetGuardCallback) -> BaseLanguageModel[Any]:
+def _with_handler(
+    model: BaseLanguageModel[Any], handler: BudgetGuardCallback, tag: str
+) -> BaseLanguageModel[Any]:
     cbs = model.callbacks
     if cbs is None:
         new: Any = [handler]
@@ -46,7 +48,10 @@ def _with_handler(model: BaseLanguageModel[Any], handler: BudgetGuardCallback) -
         new.add_handler(handler, inherit=False)
     else:  # pragma: no cover - LangChain allows nothing else
         raise ConfigError(f"unsupported callbacks on {type(model).__name__}: {cbs!r}")
-    update: dict[str, Any] = {"callbacks": new}
+    # Tells a handler of the same guard on a chain around the model to leave its calls to this one.
+    meta = dict(model.metadata or {})
+    meta[GUARDS_KEY] = [*meta.get(GUARDS_KEY, ()), tag]
+    update: dict[str, Any] = {"callbacks": new, "metadata": meta}
     # Usage in streams only arrives when asked for (ChatOpenAI with a custom base_url...).
     if "stream_usage" in type(model).model_fields and getattr(model, "stream_usage", None) is not True:
         update["stream_usage"] = True
@@ -56,7 +61,8 @@ def _with_handler(model: BaseLanguageModel[Any], handler: BudgetGuardCallback) -
 def guard_runnable(engine: Engine, runnable: Runnable[Any, Any], soft_ppm: int | None) -> Runnable[Any, Any]:
     """``runnable`` with the engine's handler on its chat model (or on every model inside it)."""
     if isinstance(runnable, BaseLanguageModel):
-        return _with_handler(runnable, guard_callback(engine, model_hint(runnable, soft_ppm)))
+        handler = guard_callback(engine, model_hint(runnable, soft_ppm))
+        return _with_handler(runnable, handler, engine.tag)
     if type(runnable) is RunnableBinding and isinstance(runnable.bound, BaseLanguageModel):
         return runnable.model_copy(update={"bound": guard_runnable(engine, runnable.bound, soft_ppm)})
     if soft_ppm is not None:

@@ -9,6 +9,8 @@ replay), ``pending`` (calls in flight) and ``refusals`` (the errors).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -26,10 +28,13 @@ from ..stores.base import Store
 from .config import EngineConfig
 from .drivers import AsyncDriver, DriverState, SyncDriver
 from .flows import Flows
-from .pending import PendingRuns
+from .ops import Flow
+from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, ModelHint, Plan, Planner
 
 __all__ = ["CallStart", "Engine", "EngineConfig", "ModelHint", "Plan"]
+
+logger = logging.getLogger("budgetguard")
 
 
 class Engine:
@@ -55,32 +60,87 @@ class Engine:
         state = DriverState(store, spool)
         self._sync = SyncDriver(state)
         self._async = AsyncDriver(state)
+        self._tasks: set[asyncio.Task[None]] = set()  # closing cancelled calls, in the background
+        self.pending.on_abandoned = self._abandoned
 
     def plan(self, metadata: Mapping[str, Any], soft_ppm: int | None = None) -> Plan:
         return self.flows.planner.plan(metadata, soft_ppm)
 
     # ------------------------------------------------------------ a model call
 
+    @property
+    def tag(self) -> str:
+        return self.flows.tag
+
     def begin(self, call: CallStart) -> None:
-        self._sync.run(self.flows.begin(call))
+        for stale in self._stale(call):
+            self._sync.run(self.flows.abandon(stale))
+        begun = self.flows.start(call)
+        if begun is not None:
+            self._sync.run(self.flows.reserve(begun))
 
     async def abegin(self, call: CallStart) -> None:
-        await self._async.run(self.flows.begin(call))
+        for stale in self._stale(call):
+            self._background(self.flows.abandon(stale))
+        begun = self.flows.start(call)
+        if begun is None:
+            return
+        try:
+            await self._async.run(self.flows.reserve(begun))
+        except asyncio.CancelledError:
+            # Cancelled while reserving: the model is never called. The reserve may
+            # have landed, so release it, without holding up the cancellation.
+            self._background(self.flows.withdraw(begun))
+            raise
 
-    def observe(self, run_id: UUID, chunk_message: BaseMessage | None, text: str) -> None:
-        self.flows.observe(run_id, chunk_message, text)
+    def observe(
+        self, run_id: UUID, chunk_message: BaseMessage | None, text: str, owner: object = None
+    ) -> None:
+        self.flows.observe(run_id, chunk_message, text, owner)
 
-    def end(self, run_id: UUID, response: LLMResult) -> CallRecord | None:
-        return self._sync.run(self.flows.end(run_id, response))
+    def end(self, run_id: UUID, response: LLMResult, owner: object = None) -> CallRecord | None:
+        return self._sync.run(self.flows.end(run_id, response, owner))
 
-    async def aend(self, run_id: UUID, response: LLMResult) -> CallRecord | None:
-        return await self._async.run(self.flows.end(run_id, response))
+    async def aend(self, run_id: UUID, response: LLMResult, owner: object = None) -> CallRecord | None:
+        return await self._async.run(self.flows.end(run_id, response, owner))
 
-    def fail(self, run_id: UUID, error: BaseException) -> CallRecord | None:
-        return self._sync.run(self.flows.fail(run_id, error))
+    def fail(self, run_id: UUID, error: BaseException, owner: object = None) -> CallRecord | None:
+        return self._sync.run(self.flows.fail(run_id, error, owner))
 
-    async def afail(self, run_id: UUID, error: BaseException) -> CallRecord | None:
-        return await self._async.run(self.flows.fail(run_id, error))
+    async def afail(self, run_id: UUID, error: BaseException, owner: object = None) -> CallRecord | None:
+        return await self._async.run(self.flows.fail(run_id, error, owner))
+
+    # ------------------------------------------------------------ cancelled calls
+
+    def _stale(self, call: CallStart) -> list[Pending]:
+        """Calls this task began and left without an event (it moved on after a timeout)."""
+        task = current_task()
+        if task is None:
+            return []
+        return [p for run_id, p in self.pending.stale(task, call.event) if self.pending.discard(run_id, p)]
+
+    def _abandoned(self, run_id: UUID, p: Pending) -> None:
+        """A task ended with this call in flight (cancelled): settle it now, by the conservative rule."""
+        if self.store.blocking:
+            self._background(self.flows.abandon(p))
+        else:  # answers at once: settle inline, in the task's done callback
+            self._sync.run(self.flows.abandon(p))
+
+    def _background(self, flow: Flow[object]) -> None:
+        task = asyncio.get_running_loop().create_task(self._quietly(flow))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _quietly(self, flow: Flow[object]) -> None:
+        try:
+            await self._async.run(flow)
+        except Exception:  # no caller is left to hear it; a lease that stays open expires
+            logger.warning("budgetguard: could not close a cancelled call's reservation", exc_info=True)
+
+    async def drain(self) -> None:
+        """Wait for the releases and settles of cancelled calls still under way."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # ------------------------------------------------------------ pipe form
 

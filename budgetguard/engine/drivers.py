@@ -11,6 +11,7 @@ never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -24,16 +25,23 @@ __all__ = ["AsyncDriver", "Breaker", "DriverState", "SyncDriver"]
 
 T = TypeVar("T")
 
+logger = logging.getLogger("budgetguard")
+
 
 class Breaker:
-    """After a store failure, refuse at once for one store timeout instead of waiting on it again."""
+    """After a store failure, refuse at once for one store timeout instead of waiting on it again.
 
-    __slots__ = ("_down_until", "cooldown", "label")
+    An outage is logged once, when it begins, and once when the store answers
+    again, never once per call: every call of a busy app would otherwise log it.
+    """
+
+    __slots__ = ("_down_until", "_outage", "cooldown", "label")
 
     def __init__(self, label: str, cooldown: float) -> None:
         self.label = label
         self.cooldown = cooldown
         self._down_until = 0.0  # monotonic
+        self._outage = False  # failed since it last answered
 
     def is_open(self) -> bool:
         return bool(self._down_until) and time.monotonic() < self._down_until
@@ -45,11 +53,21 @@ class Breaker:
                 self.label, None, problem="is down (it failed moments ago)", sent=False, operation=operation
             )
 
-    def trip(self) -> None:
+    def trip(self, error: BaseException | None = None) -> None:
         self._down_until = time.monotonic() + self.cooldown
+        if not self._outage:
+            self._outage = True
+            logger.warning(
+                "budgetguard: store %s unavailable: %s (logged once, until it answers again)",
+                self.label,
+                error,
+            )
 
     def reset(self) -> None:
         self._down_until = 0.0
+        if self._outage:
+            self._outage = False
+            logger.warning("budgetguard: store %s answers again", self.label)
 
 
 class DriverState:
@@ -89,9 +107,9 @@ class DriverState:
                 return
         try:
             spool.replay(self.store)
-        except BudgetStoreUnavailable:
+        except BudgetStoreUnavailable as exc:
             spool.dirty = True
-            self.breaker.trip()
+            self.breaker.trip(exc)
 
     def replay_all(self) -> int:
         """Replay every spool file now, whatever the breaker says; how many lines were applied."""
@@ -170,7 +188,7 @@ class SyncDriver:
         try:
             out = self._calls[type(op)](op)
         except BudgetStoreUnavailable as exc:
-            state.breaker.trip()
+            state.breaker.trip(exc)
             raise exc.during(name) from None
         state.breaker.reset()
         if state.spool is not None:
@@ -217,7 +235,7 @@ class AsyncDriver:
         try:
             out = await self._calls[type(op)](op)
         except BudgetStoreUnavailable as exc:
-            state.breaker.trip()
+            state.breaker.trip(exc)
             raise exc.during(name) from None
         state.breaker.reset()
         await self._replay()

@@ -9,11 +9,12 @@ the drivers in ``drivers.py`` run them against the store and the spool.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from langchain_core.messages import BaseMessage
@@ -33,16 +34,27 @@ from ..usage import TokenUsage, served_model, usage_from_message, usage_from_res
 from . import ops
 from .config import EngineConfig
 from .ops import Flow
-from .pending import Pending, PendingRuns
+from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, Plan, Planner
 from .refusals import refusal, states_before
+from .user import UserCallbacks
 
-__all__ = ["Flows"]
+__all__ = ["Begun", "Flows"]
 
 logger = logging.getLogger("budgetguard")
 
 _PROBE = Amount(1, 1, 1)
+#: Errors that say nothing of the provider, only that the caller stopped waiting.
+_WALKED_AWAY = (GeneratorExit, asyncio.CancelledError)
 _NO_RATES = Rates("", None, 0, (), 0)
+
+
+class Begun(NamedTuple):
+    """A call planned and claimed, about to reserve."""
+
+    run_id: UUID
+    pending: Pending
+    plan: Plan
 
 
 class Flows:
@@ -64,18 +76,30 @@ class Flows:
         self.on_record = config.on_record
         self.fail_open = config.on_store_error == "open"
         self.spool_dir = spool_dir  # None: no spool, store faults reach the caller
+        self.user_callbacks = UserCallbacks()
         self._tag = os.urandom(4).hex()
         self._spooled_probes: set[str] = set()
+
+    @property
+    def tag(self) -> str:
+        """This guard's prefix on every lease id, unique per process."""
+        return self._tag
 
     def _rates(self, model: str, provider: str | None) -> Rates:
         return resolve_rates(model, provider, self.prices, self.default_price)
 
     # ------------------------------------------------------------ before a call
 
-    def begin(self, call: CallStart) -> Flow[None]:
+    def start(self, call: CallStart) -> Begun | None:
+        """Plan a call and claim its place among the calls in flight (no I/O).
+
+        ``None`` when this very start event was already claimed: the same
+        guard attached twice (a model and the chain around it) reserves once.
+        Every call gets a lease of its own, whatever its run id.
+        """
         run_id, messages, metadata, hint = call.run_id, call.messages, call.metadata, call.hint
-        if run_id in self.pending:
-            return  # the same guard attached twice (model and chain): reserve once
+        if self.pending.has_event(run_id, call.event):
+            return None
         params = call.invocation_params or {}
         model = call_model_name(params, metadata, hint.model)
         provider = first_name((metadata.get("ls_provider"), hint.provider))
@@ -87,15 +111,35 @@ class Flows:
             inp = 8 + sum(estimate_text_tokens(p) for p in call.prompts or ())
         out = max_output_tokens(params, hint.profile_max, self.default_max_output_tokens)
         amount = Amount(rates.worst_nanos(inp, out), inp + out, 1)
-        req = ReserveRequest(f"{self._tag}-{run_id.hex}", plan.specs, amount, self.lease_ttl)
-        result = yield from self._reserve_or_spool(req, plan.refs)
+        p = Pending(self._new_lease(), plan.refs, plan.labels, amount, rates, provider, inp, out)
+        p.owner, p.start, p.task = call.owner, call.event, current_task()
+        if not self.pending.claim(run_id, p):
+            return None
+        return Begun(run_id, p, plan)
+
+    def reserve(self, begun: Begun) -> Flow[None]:
+        """Reserve a started call's worst case on every counter, all or nothing, or raise."""
+        run_id, p, plan = begun
+        req = ReserveRequest(p.lease_id, plan.specs, p.amount, self.lease_ttl)
+        try:
+            result = yield from self._reserve_or_spool(req, plan.refs)
+        except BaseException:  # a store fault, or the flow closed unfinished: never left pending
+            self.pending.discard(run_id, p)
+            raise
         if result is not None and not result.admitted:
-            raise refusal(plan, result.states, result.violation, amount, rates.model)
-        spooled = result is None
-        self.pending.add(
-            run_id,
-            Pending(req.lease_id, plan.refs, plan.labels, amount, rates, provider, inp, out, spooled=spooled),
-        )
+            self.pending.discard(run_id, p)
+            raise refusal(plan, result.states, result.violation, p.amount, p.rates.model)
+        p.spooled = result is None
+        self.pending.reserved(run_id, p)
+
+    def withdraw(self, begun: Begun) -> Flow[None]:
+        """A call cancelled while it reserved never reached the model: release what may have landed.
+
+        Released whether or not it landed: a release leaves a tombstone, so a
+        reserve arriving after it is not applied.
+        """
+        self.pending.discard(begun.run_id, begun.pending)
+        yield from self._release(begun.pending)
 
     def _reserve_or_spool(
         self, req: ReserveRequest, refs: tuple[CounterRef, ...]
@@ -116,9 +160,11 @@ class Flows:
 
     # ------------------------------------------------------------ during a stream
 
-    def observe(self, run_id: UUID, chunk_message: BaseMessage | None, text: str) -> None:
+    def observe(
+        self, run_id: UUID, chunk_message: BaseMessage | None, text: str, owner: object = None
+    ) -> None:
         """Count a streamed chunk (no I/O): what a stream that breaks off is charged."""
-        p = self.pending.get(run_id)
+        p = self.pending.get(run_id, owner)
         if p is None:
             return
         p.chunks += 1
@@ -131,8 +177,8 @@ class Flows:
 
     # ------------------------------------------------------------ after a call
 
-    def end(self, run_id: UUID, response: LLMResult) -> Flow[CallRecord | None]:
-        p = self.pending.pop(run_id)
+    def end(self, run_id: UUID, response: LLMResult, owner: object = None) -> Flow[CallRecord | None]:
+        p = self.pending.pop(run_id, owner)
         if p is None:
             return None
         usage, served = usage_from_result(response)
@@ -154,15 +200,22 @@ class Flows:
             )
         return (yield from self._settle(p, usage, served))
 
-    def fail(self, run_id: UUID, error: BaseException) -> Flow[CallRecord | None]:
-        p = self.pending.pop(run_id)
+    def fail(self, run_id: UUID, error: BaseException, owner: object = None) -> Flow[CallRecord | None]:
+        p = self.pending.pop(run_id, owner)
         if p is None:
             return None
-        if p.chunks == 0 and not isinstance(error, GeneratorExit):
+        if p.chunks == 0 and not isinstance(error, _WALKED_AWAY):
             yield from self._release(p)
             return self._emit(p, TokenUsage(), 0, "released", p.rates.model)
-        # Output began (or the consumer walked away): charge what was seen, and
-        # the worst case for what was not, since the provider may have billed it.
+        return (yield from self.abandon(p))
+
+    def abandon(self, p: Pending) -> Flow[CallRecord | None]:
+        """Charge a call that may have been billed but will never report: the conservative rule.
+
+        Output began, the consumer walked away, or the call was cancelled
+        after its reservation: what was seen, and the worst case for what was
+        not (input estimate, output cap), since the provider may have billed it.
+        """
         seen = p.partial or TokenUsage()
         usage = TokenUsage(
             input_tokens=max(seen.input_tokens, p.input_est if seen.input_tokens == 0 else 0),
@@ -246,7 +299,7 @@ class Flows:
         if debug:
             logger.debug("budgetguard: %s", rec)
         if self.on_record is not None:
-            self.on_record(rec)
+            self.user_callbacks.call(self.on_record, rec)
         return rec
 
     # ------------------------------------------------------------ pipe form

@@ -1,12 +1,24 @@
 """The calls between their start and end events, keyed by LangChain run id.
 
 ``on_llm_end`` carries no metadata, only the run id, so the guard must
-remember each reservation itself until the call ends.
+remember each reservation itself until the call ends. A run id is not a call
+id: callers reuse them (retries, tracing setups), so one run id may have
+several calls in flight. Each call is owned by the handler that began it
+(only that handler's end or error settles it). Concurrent calls sharing a
+run id are told apart by the context they began in (a ContextVar: LangChain
+runs a call's later events in that context or a copy of it).
+
+A cancelled asyncio call gets no end or error event from LangChain's
+``agenerate`` path. So a call begun in a task is also registered with that
+task: when the task ends with the call still here, ``on_abandoned`` settles it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -14,10 +26,13 @@ from ..pricing import Rates
 from ..reservation import Amount, CounterRef
 from ..usage import TokenUsage
 
-__all__ = ["Pending", "PendingRuns"]
+__all__ = ["Pending", "PendingRuns", "current_task"]
+
+#: The lease of the last call begun in this context: which of a run id's calls an event is about.
+_began: ContextVar[str | None] = ContextVar("budgetguard_began", default=None)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Pending:
     """One reservation in flight, and what its stream has shown so far."""
 
@@ -34,30 +49,128 @@ class Pending:
     partial: TokenUsage | None = None
     spooled: bool = False  # reserved in the spool (store down, fail-open): settle there too
     probe: bool = False  # pipe form: the reservation was a 1-unit probe, not an estimate
+    owner: object = None  # the handler that began the call: only its end or error settles it
+    start: object = None  # the start event's prompt object: the same event seen by a second handler
+    task: asyncio.Task[object] | None = None  # the asyncio task the call began in
+    ready: bool = False  # reserved: an end or error may settle it
+
+
+def current_task() -> asyncio.Task[object] | None:
+    """The running asyncio task, if this thread runs an event loop."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no event loop running in this thread
+        return None
 
 
 class PendingRuns:
-    """Thread-safe run id -> ``Pending`` map."""
+    """Thread-safe run id -> calls in flight with that run id."""
 
-    __slots__ = ("_lock", "_runs")
+    __slots__ = ("_lock", "_runs", "_tasks", "on_abandoned")
 
     def __init__(self) -> None:
-        self._runs: dict[UUID, Pending] = {}
+        self._runs: dict[UUID, list[Pending]] = {}
+        self._tasks: dict[asyncio.Task[object], list[tuple[UUID, Pending]]] = {}
         self._lock = threading.Lock()
+        self.on_abandoned: Callable[[UUID, Pending], None] | None = None
 
     def __contains__(self, run_id: UUID) -> bool:
         return run_id in self._runs
 
     def __len__(self) -> int:
-        return len(self._runs)
-
-    def get(self, run_id: UUID) -> Pending | None:
-        return self._runs.get(run_id)
-
-    def add(self, run_id: UUID, pending: Pending) -> None:
+        """How many calls are in flight (not run ids)."""
         with self._lock:
-            self._runs[run_id] = pending
+            return sum(len(calls) for calls in self._runs.values())
 
-    def pop(self, run_id: UUID) -> Pending | None:
+    def has_event(self, run_id: UUID, event: object) -> bool:
+        """Whether a call was already begun for this very start event (another handler's)."""
         with self._lock:
-            return self._runs.pop(run_id, None)
+            return event is not None and any(p.start is event for p in self._runs.get(run_id, ()))
+
+    def claim(self, run_id: UUID, pending: Pending) -> bool:
+        """Add a call about to reserve; False if this start event was already claimed."""
+        with self._lock:
+            calls = self._runs.setdefault(run_id, [])
+            if pending.start is not None and any(p.start is pending.start for p in calls):
+                return False
+            calls.append(pending)
+            _began.set(pending.lease_id)
+            return True
+
+    def reserved(self, run_id: UUID, pending: Pending) -> None:
+        """The call's reservation is held: its events may settle it, and so may its task's end."""
+        task = pending.task
+        with self._lock:
+            pending.ready = True
+            if task is None or not any(p is pending for p in self._runs.get(run_id, ())):
+                return
+            calls = self._tasks.get(task)
+            if calls is None:
+                calls = self._tasks[task] = []
+                task.add_done_callback(self._task_done)
+            calls.append((run_id, pending))
+
+    def get(self, run_id: UUID, owner: object = None) -> Pending | None:
+        with self._lock:
+            return self._find(run_id, owner)
+
+    def pop(self, run_id: UUID, owner: object = None) -> Pending | None:
+        """The owner's call with this run id, preferring the one begun here; removed."""
+        with self._lock:
+            p = self._find(run_id, owner)
+            if p is not None:
+                self._remove(run_id, p)
+            return p
+
+    def discard(self, run_id: UUID, pending: Pending) -> bool:
+        """Remove this very call; False if an end or error has already taken it."""
+        with self._lock:
+            calls = self._runs.get(run_id)
+            if calls is None or not any(p is pending for p in calls):
+                return False
+            self._remove(run_id, pending)
+            return True
+
+    def stale(self, task: asyncio.Task[object], start: object) -> list[tuple[UUID, Pending]]:
+        """Calls begun in ``task`` with no event since: over, since the task has moved on.
+
+        Within one task a call without streamed chunks brackets an await, so
+        a new start in that task means the earlier call was abandoned (an
+        ``asyncio.timeout`` that cancelled it and let the task go on).
+        """
+        with self._lock:
+            return [
+                (run_id, p)
+                for run_id, calls in self._runs.items()
+                for p in calls
+                if p.task is task and p.ready and p.chunks == 0 and p.start is not start
+            ]
+
+    def _task_done(self, task: asyncio.Task[object]) -> None:
+        with self._lock:
+            calls = self._tasks.pop(task, [])
+        for run_id, p in calls:
+            if self.discard(run_id, p) and self.on_abandoned is not None:
+                self.on_abandoned(run_id, p)
+
+    def _find(self, run_id: UUID, owner: object) -> Pending | None:
+        calls = [p for p in self._runs.get(run_id, ()) if p.ready and (owner is None or p.owner is owner)]
+        if len(calls) > 1:
+            began = _began.get()
+            for p in calls:
+                if p.lease_id == began:
+                    return p
+        return calls[0] if calls else None
+
+    def _remove(self, run_id: UUID, pending: Pending) -> None:
+        calls = self._runs[run_id]
+        calls[:] = [p for p in calls if p is not pending]
+        if not calls:
+            del self._runs[run_id]
+        task = pending.task
+        watched = self._tasks.get(task) if task is not None else None
+        if task is not None and watched is not None:
+            watched[:] = [(r, p) for r, p in watched if p is not pending]
+            if not watched:
+                del self._tasks[task]
+                task.remove_done_callback(self._task_done)

@@ -41,6 +41,14 @@ class CallStart:
     invocation_params: Mapping[str, Any] | None
     metadata: Mapping[str, Any]
     hint: ModelHint
+    owner: object = None  # the handler delivering it: only its end or error will settle the call
+
+    @property
+    def event(self) -> object:
+        """The prompt object of this start event, shared by every handler it is delivered to."""
+        if self.messages is not None:
+            return self.messages
+        return self.prompts[0] if self.prompts else None
 
 
 @dataclass(slots=True)
