@@ -8,6 +8,7 @@ LangChain's ``usage_metadata`` is read first; the provider shapes found in
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple, cast
@@ -17,7 +18,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import LLMResult
 
 from .model_names import LLM_OUTPUT_KEYS, name_at, served_model_name
-from .providers import RESPONSE_ROOTS, SHAPES, USAGE_METADATA_SHAPE, Shape
+from .providers import RESPONSE_ROOTS, SHAPES, USAGE_METADATA_SHAPE, Row, Shape
 
 __all__ = ["TokenUsage", "usage_from_message", "usage_from_result", "served_model"]
 
@@ -143,33 +144,56 @@ def lookup(root: Mapping[str, Any], path: tuple[str, ...], loose: bool = False) 
     A falsy value where nested details belong is absent; any other non-mapping
     there is invalid, or absent when ``loose``.
     """
+    node = _parent(root, path[:-1], loose)
+    if node is None or node is _INVALID:
+        return node
+    return _read(node.get(path[-1]))
+
+
+def _parent(
+    root: Mapping[str, Any], keys: tuple[str, ...], loose: bool
+) -> Mapping[str, Any] | _Invalid | None:
     node: Any = root
-    for key in path[:-1]:
+    for key in keys:
         node = node.get(key)
         if not isinstance(node, Mapping):
             return None if loose or not node else _INVALID
-    value = node.get(path[-1])
+    return node  # type: ignore[no-any-return]
+
+
+def _read(value: Any) -> int | _Invalid | None:
     if value is None:
         return None
     n = _count(value)
     return _INVALID if n is None else n
 
 
+@functools.cache
+def _by_parent(shape: Shape) -> tuple[tuple[tuple[str, ...], tuple[Row, ...]], ...]:
+    """A shape's rows grouped by the mapping they sit in, so each is looked up once per parse."""
+    groups: dict[tuple[str, ...], list[Row]] = {}
+    for row in shape.rows:
+        groups.setdefault(row.path[:-1], []).append(row)
+    return tuple((parent, tuple(rows)) for parent, rows in groups.items())
+
+
 def read_shape(shape: Shape, root: Mapping[str, Any]) -> TokenUsage | None:
     """Apply one usage shape's rows, then its rules, to the mapping at its root."""
     counts: dict[str, int] = {}
     flag = False
-    for row in shape.rows:
-        n = lookup(root, row.path, shape.loose_details)
-        if n is None:
-            if row.need == "required":
-                return None
-        elif n is _INVALID:
-            if row.need != "optional":
-                return None
-            flag = True
-        else:
-            counts[row.to] = n
+    for parent, rows in _by_parent(shape):
+        node = _parent(root, parent, shape.loose_details)
+        for row in rows:
+            n = node if node is None or node is _INVALID else _read(node.get(row.path[-1]))
+            if n is None:
+                if row.need == "required":
+                    return None
+            elif n is _INVALID:
+                if row.need != "optional":
+                    return None
+                flag = True
+            else:
+                counts[row.to] = n
     if flag:  # one bad detail discredits them all: keep what is required
         counts = {r.to: counts[r.to] for r in shape.rows if r.need == "required"}
     u = TokenUsage._make([*(counts.get(f, 0) for f in _FIELDS), flag, False])
@@ -192,21 +216,39 @@ def _consistent(u: TokenUsage) -> TokenUsage:
 #: A shape rule: the reading so far, every count read (scratch ones too), the root.
 Rule = Callable[[TokenUsage, Mapping[str, int], Mapping[str, Any]], TokenUsage]
 
+
+def _input_excludes_cache(u: TokenUsage, c: Mapping[str, int], r: Mapping[str, Any]) -> TokenUsage:
+    # Anthropic and Bedrock Converse count input without the cache.
+    cached = u.cache_read + u.cache_write
+    return u._replace(input_tokens=u.input_tokens + cached) if cached else u
+
+
+def _cache_write_1h_within_cache_write(
+    u: TokenUsage, c: Mapping[str, int], r: Mapping[str, Any]
+) -> TokenUsage:
+    return u._replace(cache_write_1h=u.cache_write) if u.cache_write_1h > u.cache_write else u
+
+
+def _cache_write_covers_ttls(u: TokenUsage, c: Mapping[str, int], r: Mapping[str, Any]) -> TokenUsage:
+    # LangChain may report the TTL split without (or above) the total.
+    ttls = c.get("cache_write_5m", 0) + u.cache_write_1h
+    return u._replace(cache_write=ttls) if ttls > u.cache_write else u
+
+
+def _zero_total_cost_is_cache_hit(u: TokenUsage, c: Mapping[str, int], r: Mapping[str, Any]) -> TokenUsage:
+    hit = r.get("total_cost") == 0
+    return u._replace(cache_hit=hit) if hit != u.cache_hit else u
+
+
+# Each rule returns the reading itself when it has nothing to change: ``_replace``
+# is the dearest step of a parse, and a parse runs on every settle.
 #: The adjustments a shape may name in ``providers.json``, by name.
 RULES: Mapping[str, Rule] = MappingProxyType(
     {
-        # Anthropic and Bedrock Converse count input without the cache.
-        "input_excludes_cache": lambda u, c, r: u._replace(
-            input_tokens=u.input_tokens + u.cache_read + u.cache_write
-        ),
-        "cache_write_1h_within_cache_write": lambda u, c, r: u._replace(
-            cache_write_1h=min(u.cache_write_1h, u.cache_write)
-        ),
-        # LangChain may report the TTL split without (or above) the total.
-        "cache_write_covers_ttls": lambda u, c, r: u._replace(
-            cache_write=max(u.cache_write, c.get("cache_write_5m", 0) + u.cache_write_1h)
-        ),
-        "zero_total_cost_is_cache_hit": lambda u, c, r: u._replace(cache_hit=r.get("total_cost") == 0),
+        "input_excludes_cache": _input_excludes_cache,
+        "cache_write_1h_within_cache_write": _cache_write_1h_within_cache_write,
+        "cache_write_covers_ttls": _cache_write_covers_ttls,
+        "zero_total_cost_is_cache_hit": _zero_total_cost_is_cache_hit,
         "repair_contradictions": lambda u, c, r: _consistent(u),
     }
 )
