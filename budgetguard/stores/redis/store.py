@@ -35,6 +35,10 @@ class RedisStore(Store):
     Leases that ran out are charged by the scripts themselves, at most 200
     per root scope per call (the next calls charge the rest); until then an
     overdue lease still counts against the budget, as reserved.
+
+    Closed lease ids (what makes a replayed settle or release a no-op) are
+    kept per root scope: the newest ``settled_cap`` of them, for at most
+    ``tombstone_ttl`` seconds. A replay older than either may count twice.
     """
 
     blocking = True
@@ -51,10 +55,13 @@ class RedisStore(Store):
         attempts: int = 3,
         tombstone_ttl: int = 86400,
         grace: int = 86400,
+        settled_cap: int = 10_000,
         cluster: bool | None = None,
         label: str | None = None,
     ) -> None:
         _check(client, async_client, prefix, timeout, attempts)
+        if isinstance(settled_cap, bool) or not isinstance(settled_cap, int) or settled_cap < 1:
+            raise ConfigError(f"settled_cap must be a positive number of lease ids, got {settled_cap!r}")
         if client is None:
             client = sync_twin(async_client)
         self.client = client
@@ -67,6 +74,7 @@ class RedisStore(Store):
         self.attempts = attempts
         self.tombstone_ttl = int(tombstone_ttl)
         self.grace = int(grace)
+        self.settled_cap = settled_cap
         self.cluster = is_cluster(client, async_client) if cluster is None else cluster
         self.label = label or ("redis+cluster" if self.cluster else "redis")
         self._sync_scripts = _register(client)
@@ -164,7 +172,9 @@ class RedisStore(Store):
 
     def _settle_args(self, req: SettleRequest, mode: codec.SettleMode) -> tuple[list[str], list[Any]]:
         bases, index = self._bases([r.scope for r in req.counters] or ["global"])
-        return bases, codec.settle_args(req, mode, index, self._now(), self.tombstone_ttl, self.grace)
+        return bases, codec.settle_args(
+            req, mode, index, self._now(), self.tombstone_ttl, self.grace, self.settled_cap
+        )
 
     def _release_args(self, lease_id: str, counters: tuple[CounterRef, ...]) -> tuple[list[str], list[Any]]:
         return self._settle_args(SettleRequest(lease_id, counters, Amount()), "release")
@@ -258,7 +268,7 @@ class RedisStore(Store):
             raise ConfigError("scopes() needs a sync client")
         out: list[tuple[str, str]] = []
         for base in sorted(codec.decode_text(b) for b in self.client.smembers(f"{self.prefix}roots")):
-            for member in self.client.smembers(f"{base}s"):
+            for member in self.client.zrangebyscore(f"{base}sz", int(self._clock() * 1000), "+inf"):
                 scope, _, per = codec.decode_text(member).rpartition("\t")
                 out.append((scope, per))
         return sorted(out)
