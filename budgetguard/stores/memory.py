@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from ..errors import ConfigError
 from ..reservation import (
     Amount,
     CounterRef,
@@ -25,7 +26,6 @@ from ..reservation import (
     apply_settle,
     first_violation,
 )
-from ..errors import ConfigError
 from ..windows import window_end, window_start
 from .base import Connector, ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
 
