@@ -118,8 +118,22 @@ class MemoryStore(Store):
         del self._forget_at[key]
         self._counters.pop(key, None)
 
+    def _known(self, lease_id: str, refs: Sequence[CounterRef], now: float) -> bool:
+        """Whether a lease id is live, expired or closed: a reserve under it is a replay."""
+        live = lease_id in self._leases or lease_id in self._expired
+        return live or self._closed(_root(refs), lease_id, now)
+
+    def _track(self, lease_id: str, lease: _Lease) -> None:
+        """A new live lease; the expiry heap drops closed leases' entries once they are half of it."""
+        self._leases[lease_id] = lease
+        heapq.heappush(self._lease_heap, (lease.expires_at, lease_id))
+        if len(self._lease_heap) > 2 * len(self._leases) + 64:
+            self._lease_heap = [(x.expires_at, lid) for lid, x in self._leases.items()]
+            heapq.heapify(self._lease_heap)
+
     def _closed(self, root: str, lease_id: str, now: float) -> bool:
-        t = self._settled.get(root, {}).get(lease_id)
+        ids = self._settled.get(root)
+        t = None if ids is None else ids.get(lease_id)
         return t is not None and t > now - self._tombstone_ttl
 
     def _close(self, root: str, lease_id: str, now: float) -> None:
@@ -177,8 +191,7 @@ class MemoryStore(Store):
             now = self._clock()
             self._sweep(now)
             refs = tuple(spec.ref for spec in req.counters)
-            lid = req.lease_id
-            if lid in self._leases or self._closed(_root(refs), lid, now) or lid in self._expired:
+            if self._known(req.lease_id, refs, now):
                 # a replayed reserve: the lease exists (or was closed) already; never reserve twice
                 return ReserveResult(True, (), None)
             keys = tuple(self._key(ref, now) for ref in refs)
@@ -191,11 +204,7 @@ class MemoryStore(Store):
             for st in states:
                 apply_reserve(st, req.amount)
             expires = now + req.ttl
-            self._leases[req.lease_id] = _Lease(keys, req.amount, expires, eas)
-            heapq.heappush(self._lease_heap, (expires, req.lease_id))
-            if len(self._lease_heap) > 2 * len(self._leases) + 64:  # drop the closed leases' entries
-                self._lease_heap = [(x.expires_at, lid) for lid, x in self._leases.items()]
-                heapq.heapify(self._lease_heap)
+            self._track(req.lease_id, _Lease(keys, req.amount, expires, eas))
             # Callers read states only to explain a refusal or a forced record.
             snapshot = tuple(replace(s) for s in states) if req.force else ()
             return ReserveResult(True, snapshot, violation)
