@@ -18,6 +18,7 @@ from . import codec
 from .calls import TRANSIENT, mapped
 from .clients import is_cluster, spool_key, sync_twin
 from .connectors import RedisConnector, Target
+from .roots import Roots
 from .scripts import SOURCES
 
 __all__ = ["RedisStore"]
@@ -79,7 +80,7 @@ class RedisStore(Store):
         self.label = label or ("redis+cluster" if self.cluster else "redis")
         self._sync_scripts = _register(client)
         self._async_scripts = _register(async_client)
-        self._roots_seen: set[str] = set()
+        self._roots = Roots(prefix)
         self.spool_key = spool_key(client if client is not None else async_client, prefix, self.label)
         self._tails: dict[tuple[CounterSpec, ...], tuple[list[str], list[bytes]]] = {}
 
@@ -183,32 +184,27 @@ class RedisStore(Store):
         bases, index = self._bases([r.scope for r in refs])
         return bases, codec.status_args(refs, index, self._now(), self.tombstone_ttl, self.grace)
 
-    # ------------------------------------------------------------ the roots registry
+    # ------------------------------------------------------------ the roots registry (roots.py)
 
-    def _claim_roots(self, bases: list[str]) -> list[str]:
-        """Roots not yet listed by this process (marked listed now; unmarked if the write fails)."""
-        new = [b for b in bases if b not in self._roots_seen]
-        self._roots_seen.update(new)
-        return new
-
-    def _register_roots(self, bases: list[str]) -> None:
-        new = self._claim_roots(bases)
-        if new and self.client is not None:
+    def _register_roots(self, req: ReserveRequest) -> None:
+        due = self._roots.due(req.counters, self._clock())
+        if due and self.client is not None:
             try:
-                self.client.sadd(f"{self.prefix}roots", *new)
+                self._roots.write(self.client.pipeline(transaction=False), due, self._clock()).execute()
             except TRANSIENT:
-                self._roots_seen.difference_update(new)  # listing only; retry next time
+                self._roots.failed(due)  # listing only; retry next time
 
-    async def _aregister_roots(self, bases: list[str]) -> None:
+    async def _aregister_roots(self, req: ReserveRequest) -> None:
         if self.async_client is None:
-            await asyncio.to_thread(self._register_roots, bases)
+            await asyncio.to_thread(self._register_roots, req)
             return
-        new = self._claim_roots(bases)
-        if new:
+        due = self._roots.due(req.counters, self._clock())
+        if due:
             try:
-                await self.async_client.sadd(f"{self.prefix}roots", *new)
+                pipe = self.async_client.pipeline(transaction=False)
+                await self._roots.write(pipe, due, self._clock()).execute()
             except TRANSIENT:
-                self._roots_seen.difference_update(new)  # listing only; retry next time
+                self._roots.failed(due)  # listing only; retry next time
 
     # ------------------------------------------------------------ the interface
 
@@ -216,14 +212,14 @@ class RedisStore(Store):
         keys, args = self._reserve_args(req)
         result = codec.decode_reserve(self._call("reserve", keys, args))
         if result.admitted:
-            self._register_roots(keys)
+            self._register_roots(req)
         return result
 
     async def areserve(self, req: ReserveRequest) -> ReserveResult:
         keys, args = self._reserve_args(req)
         result = codec.decode_reserve(await self._acall("reserve", keys, args))
         if result.admitted:
-            await self._aregister_roots(keys)
+            await self._aregister_roots(req)
         return result
 
     def settle(self, req: SettleRequest) -> SettleOutcome:
@@ -263,14 +259,20 @@ class RedisStore(Store):
         return int(await self._acall("reset", keys, [self._now(), scope]))
 
     def scopes(self) -> list[tuple[str, str]]:
-        """Every (scope, period) that has held a reservation, without KEYS or SCAN."""
+        """Every (scope, period) that has held a reservation and is not forgotten yet
+        (``expire_after``), without KEYS or SCAN. (``roots`` and ``<base>s`` are the sets
+        of earlier versions, read too.)"""
         if self.client is None:
             raise ConfigError("scopes() needs a sync client")
-        out: list[tuple[str, str]] = []
-        for base in sorted(codec.decode_text(b) for b in self.client.smembers(f"{self.prefix}roots")):
-            for member in self.client.zrangebyscore(f"{base}sz", int(self._clock() * 1000), "+inf"):
+        now = self._clock()
+        c = self.client
+        bases = {*c.zrangebyscore(self._roots.key, now, "+inf"), *c.smembers(f"{self.prefix}roots")}
+        out: set[tuple[str, str]] = set()
+        for base in sorted(codec.decode_text(b) for b in bases):
+            members = {*c.zrangebyscore(f"{base}sz", int(now * 1000), "+inf"), *c.smembers(f"{base}s")}
+            for member in members:
                 scope, _, per = codec.decode_text(member).rpartition("\t")
-                out.append((scope, per))
+                out.add((scope, per))
         return sorted(out)
 
     def close(self) -> None:

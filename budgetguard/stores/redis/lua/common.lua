@@ -99,11 +99,15 @@ local function touch(ck, grace, now_ms, ea, fresh)
   if per ~= 'lifetime' then at = (window_end(per, tonumber(ws)) + grace) * 1000 end
   if ea > 0 and (at == nil or now_ms + ea < at) then at = now_ms + ea end
   if at then redis.call('PEXPIREAT', ck, I(at)) end
-  if ea > 0 then
-    redis.call('ZADD', base .. 'sz', I(at), scope .. '\t' .. per)
-    redis.call('ZREMRANGEBYSCORE', base .. 'sz', '-inf', I(now_ms))
+  local sz = base .. 'sz'
+  if ea > 0 then  -- the list lives as long as its last entry, or for ever once it has a permanent one
+    local left = redis.call('PTTL', sz)
+    redis.call('ZADD', sz, I(at), scope .. '\t' .. per)
+    redis.call('ZREMRANGEBYSCORE', sz, '-inf', I(now_ms))
+    if left == -2 or (left >= 0 and now_ms + left < at) then redis.call('PEXPIREAT', sz, I(at)) end
   elseif fresh then
-    redis.call('ZADD', base .. 'sz', 'inf', scope .. '\t' .. per)
+    redis.call('ZADD', sz, 'inf', scope .. '\t' .. per)
+    redis.call('PERSIST', sz)
   end
 end
 
