@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
+from datetime import timedelta
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, ClassVar, Literal
 
@@ -34,6 +35,11 @@ class Limit(BaseModel):
 
     ``scope`` is a template filled from the run's metadata, e.g.
     ``"user:{user_id}"``; ``None`` means the guard's default scope.
+
+    ``expire_after`` (seconds, or a ``timedelta``) is for ephemeral scopes
+    such as ``"run:{run_id}"``: a counter of this limit is forgotten that long
+    after its last reserve or settle, so per-run budgets do not pile up in the
+    store. Make it longer than the guard's ``lease_ttl``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -43,6 +49,26 @@ class Limit(BaseModel):
     requests: int | None = Field(default=None, ge=0, strict=True)
     per: Period = "lifetime"
     scope: str | None = None
+    expire_after: timedelta | None = None
+
+    @field_validator("expire_after", mode="before")
+    @classmethod
+    def _expire_positive(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("expire_after must be a number of seconds or a timedelta, not a bool")
+        return v
+
+    @field_validator("expire_after")
+    @classmethod
+    def _expire_after_positive(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v <= timedelta(0):
+            raise ValueError(f"expire_after must be positive, got {v.total_seconds()} s")
+        return v
+
+    @property
+    def expire_seconds(self) -> float | None:
+        """``expire_after`` in seconds (``None``: kept for the window, forever for lifetime)."""
+        return None if self.expire_after is None else self.expire_after.total_seconds()
 
     @field_validator("usd", mode="before")
     @classmethod

@@ -86,10 +86,16 @@ class Caps(NamedTuple):
 
 
 class CounterRef(NamedTuple):
-    """One counter: a scope key and a window period."""
+    """One counter: a scope key and a window period.
+
+    ``expire_after`` (seconds): forget the counter that long after its last
+    reserve or settle (ephemeral scopes such as a run); ``None`` keeps it for
+    its window (forever for ``lifetime``).
+    """
 
     scope: str
     per: str
+    expire_after: float | None = None
 
 
 class CounterSpec(NamedTuple):

@@ -42,11 +42,18 @@ def _caps(c: Caps | None) -> list[int | None] | None:
     return None if c is None else list(c)
 
 
+def _expiry(r: CounterRef) -> list[float]:
+    """A ref's expire_after, as an optional last item (lines without it read as before)."""
+    return [] if r.expire_after is None else [r.expire_after]
+
+
 def encode_reserve(req: ReserveRequest) -> dict[str, Any]:
     return {
         "op": "reserve",
         "lease": req.lease_id,
-        "counters": [[s.ref.scope, s.ref.per, _caps(s.caps), _caps(s.soft)] for s in req.counters],
+        "counters": [
+            [s.ref.scope, s.ref.per, _caps(s.caps), _caps(s.soft), *_expiry(s.ref)] for s in req.counters
+        ],
         "amount": list(req.amount),
         "ttl": req.ttl,
     }
@@ -56,7 +63,7 @@ def encode_settle(req: SettleRequest) -> dict[str, Any]:
     return {
         "op": "settle",
         "lease": req.lease_id,
-        "counters": [[r.scope, r.per] for r in req.counters],
+        "counters": [[r.scope, r.per, *_expiry(r)] for r in req.counters],
         "actual": list(req.actual),
         "estimated": req.estimated,
         "overshoot": req.count_overshoot,
@@ -64,7 +71,7 @@ def encode_settle(req: SettleRequest) -> dict[str, Any]:
 
 
 def encode_release(lease_id: str, counters: tuple[CounterRef, ...]) -> dict[str, Any]:
-    return {"op": "release", "lease": lease_id, "counters": [[r.scope, r.per] for r in counters]}
+    return {"op": "release", "lease": lease_id, "counters": [[r.scope, r.per, *_expiry(r)] for r in counters]}
 
 
 def apply(store: Store, entry: dict[str, Any]) -> None:
@@ -72,22 +79,22 @@ def apply(store: Store, entry: dict[str, Any]) -> None:
     op = entry["op"]
     if op == "reserve":
         specs = tuple(
-            CounterSpec(CounterRef(scope, per), Caps(*caps), None if soft is None else Caps(*soft))
-            for scope, per, caps, soft in entry["counters"]
+            CounterSpec(CounterRef(scope, per, *rest), Caps(*caps), None if soft is None else Caps(*soft))
+            for scope, per, caps, soft, *rest in entry["counters"]
         )
         # force: the call went ahead, so its reservation is recorded whatever the caps say
         store.reserve(
             ReserveRequest(entry["lease"], specs, Amount(*entry["amount"]), entry["ttl"], force=True)
         )
     elif op == "settle":
-        refs = tuple(CounterRef(scope, per) for scope, per in entry["counters"])
+        refs = tuple(CounterRef(*c) for c in entry["counters"])
         store.settle(
             SettleRequest(
                 entry["lease"], refs, Amount(*entry["actual"]), entry["estimated"], entry["overshoot"]
             )
         )
     elif op == "release":
-        store.release(entry["lease"], tuple(CounterRef(s, p) for s, p in entry["counters"]))
+        store.release(entry["lease"], tuple(CounterRef(*c) for c in entry["counters"]))
     else:
         raise ValueError(f"unknown spool op {op!r}")
 

@@ -113,17 +113,16 @@ class Planner:
 def build_plan(
     templates: Sequence[tuple[ScopeTemplate, Limit]], metadata: Mapping[str, Any], soft_ppm: int | None
 ) -> Plan:
-    order: dict[CounterRef, int] = {}
+    order: dict[tuple[str, str], int] = {}
     caps: list[Caps] = []
     groups: list[list[Limit]] = []
     labels: list[str] = []
     for tpl, lim in templates:
         key, label = tpl.render_both(metadata)
-        ref = CounterRef(key, lim.per)
         c = Caps(lim.usd_nanos, lim.tokens, lim.requests)
-        i = order.get(ref)
+        i = order.get((key, lim.per))
         if i is None:
-            order[ref] = len(caps)
+            order[(key, lim.per)] = len(caps)
             caps.append(c)
             groups.append([lim])
             labels.append(label)
@@ -131,7 +130,15 @@ def build_plan(
             caps[i] = caps[i].tightest(c)
             groups[i].append(lim)
     specs = tuple(
-        CounterSpec(ref, c, None if soft_ppm is None else c.scaled(soft_ppm))
-        for ref, c in zip(order, caps, strict=True)
+        CounterSpec(
+            CounterRef(key, per, _expire_after(group)), c, None if soft_ppm is None else c.scaled(soft_ppm)
+        )
+        for (key, per), c, group in zip(order, caps, groups, strict=True)
     )
     return Plan(specs, tuple(tuple(g) for g in groups), tuple(labels))
+
+
+def _expire_after(limits: Sequence[Limit]) -> float | None:
+    """A shared counter is kept as long as its longest-lived limit wants (``None``: no expiry)."""
+    seconds = [lim.expire_seconds for lim in limits]
+    return None if None in seconds else max(s for s in seconds if s is not None)

@@ -8,11 +8,14 @@ alike.
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from ..errors import ConfigError
 from ..reservation import (
     Amount,
     CounterRef,
@@ -36,26 +39,44 @@ class _Lease:
     keys: tuple[_Key, ...]
     amount: Amount
     expires_at: float
+    expire_after: tuple[float | None, ...]  # each counter's, as its CounterRef says
+
+
+def _root(refs: Sequence[CounterRef]) -> str:
+    """Where a lease's closed id is filed: the first counter's root scope (as RedisStore does)."""
+    return refs[0].scope.split("/", 1)[0] if refs else "global"
 
 
 class MemoryStore(Store):
     """In-process counters and leases.
 
-    ``clock`` returns epoch seconds (inject one in tests). Settled lease ids
-    and expired leases are remembered for ``tombstone_ttl`` seconds, so a
-    replayed or late settle is never counted twice within that time.
+    ``clock`` returns epoch seconds (inject one in tests). Expired leases
+    are remembered for ``tombstone_ttl`` seconds, and closed (settled or
+    released) lease ids for that long too, at most the newest ``settled_cap``
+    per root scope: a replayed or late settle is never counted twice within
+    those bounds, and memory never grows with the number of calls.
     """
 
     blocking = False
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, tombstone_ttl: float = 86400) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        tombstone_ttl: float = 86400,
+        settled_cap: int = 10_000,
+    ) -> None:
+        if isinstance(settled_cap, bool) or not isinstance(settled_cap, int) or settled_cap < 1:
+            raise ConfigError(f"settled_cap must be a positive number of lease ids, got {settled_cap!r}")
         self._clock = clock
         self._tombstone_ttl = tombstone_ttl
+        self._settled_cap = settled_cap
         self._lock = threading.Lock()
         self._counters: dict[_Key, CounterState] = {}
+        self._forget_at: dict[_Key, float] = {}  # when each counter goes (inf: never)
         self._leases: dict[str, _Lease] = {}
         self._expired: dict[str, tuple[_Lease, float]] = {}
-        self._settled: dict[str, float] = {}
+        self._settled: dict[str, OrderedDict[str, float]] = {}  # root -> closed ids, oldest first
         self._lease_heap: list[tuple[float, str]] = []
         self._gc_heap: list[tuple[float, int, str, object]] = []
         self._gc_seq = 0
@@ -68,14 +89,74 @@ class MemoryStore(Store):
     def _key(self, ref: CounterRef, now: float) -> _Key:
         return (ref.scope, ref.per, window_start(ref.per, now))
 
-    def _state(self, key: _Key) -> CounterState:
+    def _state(self, key: _Key, now: float, expire_after: float | None = None) -> CounterState:
+        """The counter (made if new), to be changed now: forget it a day after its window
+        closes, or ``expire_after`` seconds from now, whichever comes first."""
         st = self._counters.get(key)
+        old = self._forget_at.get(key, math.inf)
         if st is None:
             st = self._counters[key] = CounterState(window_start=key[2])
             end = window_end(key[1], key[2])
-            if end is not None:  # forget a window a day after it closes
-                self._later(end + 86400, "counter", key)
+            old = math.inf
+            self._forget_at[key] = math.inf if end is None else end + 86400
+        at = self._forget_at[key]
+        if expire_after is not None:
+            end = window_end(key[1], key[2])
+            at = min(math.inf if end is None else end + 86400, now + expire_after)
+            self._forget_at[key] = at
+        if at < old:  # (a later deadline is found when the earlier entry comes due)
+            self._later(at, "counter", key)
         return st
+
+    def _forget(self, key: _Key, now: float) -> None:
+        at = self._forget_at.get(key)
+        if at is None:
+            return  # already gone (reset)
+        if at > now:
+            self._later(at, "counter", key)  # used again since: not yet
+            return
+        del self._forget_at[key]
+        self._counters.pop(key, None)
+
+    def _known(self, lease_id: str, refs: Sequence[CounterRef], now: float) -> bool:
+        """Whether a lease id is live, expired or closed: a reserve under it is a replay."""
+        live = lease_id in self._leases or lease_id in self._expired
+        return live or self._closed(_root(refs), lease_id, now)
+
+    def _track(self, lease_id: str, lease: _Lease) -> None:
+        """A new live lease; the expiry heap drops closed leases' entries once they are half of it."""
+        self._leases[lease_id] = lease
+        heapq.heappush(self._lease_heap, (lease.expires_at, lease_id))
+        if len(self._lease_heap) > 2 * len(self._leases) + 64:
+            self._lease_heap = [(x.expires_at, lid) for lid, x in self._leases.items()]
+            heapq.heapify(self._lease_heap)
+
+    def _closed(self, root: str, lease_id: str, now: float) -> bool:
+        ids = self._settled.get(root)
+        t = None if ids is None else ids.get(lease_id)
+        return t is not None and t > now - self._tombstone_ttl
+
+    def _close(self, root: str, lease_id: str, now: float) -> None:
+        """Remember a closed lease id: the newest ``settled_cap`` per root, for tombstone_ttl."""
+        ids = self._settled.get(root)
+        if ids is None:
+            ids = self._settled[root] = OrderedDict()
+            self._later(now + self._tombstone_ttl, "settled", root)
+        ids[lease_id] = now
+        ids.move_to_end(lease_id)
+        while len(ids) > self._settled_cap:
+            ids.popitem(last=False)
+
+    def _age_out(self, root: str, now: float) -> None:
+        ids = self._settled.get(root)
+        if ids is None:
+            return
+        while ids and next(iter(ids.values())) <= now - self._tombstone_ttl:
+            ids.popitem(last=False)
+        if ids:
+            self._later(next(iter(ids.values())) + self._tombstone_ttl, "settled", root)
+        else:
+            del self._settled[root]
 
     def _later(self, when: float, kind: str, item: object) -> None:
         self._gc_seq += 1
@@ -89,19 +170,19 @@ class MemoryStore(Store):
             if lease is None or lease.expires_at > now:
                 continue
             del self._leases[lease_id]
-            for key in lease.keys:  # charged even if the counter was reset meanwhile
-                apply_expire(self._state(key), lease.amount)
+            for key, ea in zip(lease.keys, lease.expire_after, strict=True):
+                apply_expire(self._state(key, now, ea), lease.amount)  # even after a reset
             self._expired[lease_id] = (lease, now)
             self._later(now + self._tombstone_ttl, "expired", lease_id)
         gc = self._gc_heap
         while gc and gc[0][0] <= now:
             _, _, kind, item = heapq.heappop(gc)
             if kind == "counter":
-                self._counters.pop(item, None)  # type: ignore[call-overload]
+                self._forget(item, now)  # type: ignore[arg-type]
             elif kind == "expired":
                 self._expired.pop(item, None)  # type: ignore[call-overload]
             else:
-                self._settled.pop(item, None)  # type: ignore[call-overload]
+                self._age_out(item, now)  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- operations
 
@@ -109,19 +190,21 @@ class MemoryStore(Store):
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            if req.lease_id in self._leases or req.lease_id in self._settled or req.lease_id in self._expired:
+            refs = tuple(spec.ref for spec in req.counters)
+            if self._known(req.lease_id, refs, now):
                 # a replayed reserve: the lease exists (or was closed) already; never reserve twice
                 return ReserveResult(True, (), None)
-            keys = tuple(self._key(spec.ref, now) for spec in req.counters)
-            states = [self._state(k) for k in keys]
+            keys = tuple(self._key(ref, now) for ref in refs)
+            eas = tuple(ref.expire_after for ref in refs)
+            states = [self._counters.get(k) or CounterState(window_start=k[2]) for k in keys]
             violation = first_violation(req.counters, states, req.amount)
             if violation is not None and not req.force:
                 return ReserveResult(False, tuple(replace(s) for s in states), violation)
+            states = [self._state(k, now, ea) for k, ea in zip(keys, eas, strict=True)]
             for st in states:
                 apply_reserve(st, req.amount)
             expires = now + req.ttl
-            self._leases[req.lease_id] = _Lease(keys, req.amount, expires)
-            heapq.heappush(self._lease_heap, (expires, req.lease_id))
+            self._track(req.lease_id, _Lease(keys, req.amount, expires, eas))
             # Callers read states only to explain a refusal or a forced record.
             snapshot = tuple(replace(s) for s in states) if req.force else ()
             return ReserveResult(True, snapshot, violation)
@@ -130,51 +213,47 @@ class MemoryStore(Store):
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            if req.lease_id in self._settled:
+            root = _root(req.counters)
+            if self._closed(root, req.lease_id, now):
                 return "replay"
             outcome: SettleOutcome
             lease = self._leases.pop(req.lease_id, None)
-            if lease is not None:
-                for key in lease.keys:
-                    apply_settle(
-                        self._state(key), lease.amount, None, req.actual, req.estimated, req.count_overshoot
-                    )
-                outcome = "settled"
-            elif req.lease_id in self._expired:
-                old, _ = self._expired.pop(req.lease_id)
-                for key in old.keys:
-                    apply_settle(
-                        self._state(key), None, old.amount, req.actual, req.estimated, req.count_overshoot
-                    )
-                outcome = "late"
+            expired = self._expired.pop(req.lease_id, None) if lease is None else None
+            if lease is not None or expired is not None:
+                old = lease or expired[0]  # type: ignore[index]
+                reserved, charged = (old.amount, None) if lease is not None else (None, old.amount)
+                for key, ea in zip(old.keys, old.expire_after, strict=True):
+                    st = self._state(key, now, ea)
+                    apply_settle(st, reserved, charged, req.actual, req.estimated, req.count_overshoot)
+                outcome = "settled" if lease is not None else "late"
             else:
                 for ref in req.counters:
-                    apply_settle(self._state(self._key(ref, now)), None, None, req.actual, req.estimated)
+                    st = self._state(self._key(ref, now), now, ref.expire_after)
+                    apply_settle(st, None, None, req.actual, req.estimated)
                 outcome = "unreserved"
-            self._settled[req.lease_id] = now
-            self._later(now + self._tombstone_ttl, "settled", req.lease_id)
+            self._close(root, req.lease_id, now)
             return outcome
 
     def release(self, lease_id: str, counters: tuple[CounterRef, ...] = ()) -> bool:
         with self._lock:
-            self._sweep(self._clock())
+            now = self._clock()
+            self._sweep(now)
+            root = _root(counters)
+            if self._closed(root, lease_id, now):
+                return False
             lease = self._leases.pop(lease_id, None)
-            if lease is None:
-                expired = self._expired.pop(lease_id, None)
-                if expired is None:
-                    # remember it: a reserve that arrives late (after a timeout) must not reserve
-                    self._settled[lease_id] = self._clock()
-                    self._later(self._clock() + self._tombstone_ttl, "settled", lease_id)
-                    return False
-                for key in expired[0].keys:  # charged at expiry, but the call never ran: refund
-                    apply_settle(self._state(key), None, expired[0].amount, Amount(), False, False)
-            else:
-                for key in lease.keys:
+            expired = self._expired.pop(lease_id, None) if lease is None else None
+            # closed either way: a reserve that arrives late (after a timeout) must not reserve
+            self._close(root, lease_id, now)
+            if expired is not None:
+                old = expired[0]  # charged at expiry, but the call never ran: refund
+                for key, ea in zip(old.keys, old.expire_after, strict=True):
+                    apply_settle(self._state(key, now, ea), None, old.amount, Amount(), False, False)
+            elif lease is not None:
+                for key, ea in zip(lease.keys, lease.expire_after, strict=True):
                     if key in self._counters:
-                        apply_release(self._counters[key], lease.amount)
-            self._settled[lease_id] = self._clock()
-            self._later(self._clock() + self._tombstone_ttl, "settled", lease_id)
-            return True
+                        apply_release(self._state(key, now, ea), lease.amount)
+            return lease is not None or expired is not None
 
     def status(self, refs: Sequence[CounterRef]) -> list[CounterState]:
         with self._lock:
@@ -192,6 +271,7 @@ class MemoryStore(Store):
             doomed = [k for k in self._counters if k[0] == scope]
             for k in doomed:
                 del self._counters[k]
+                self._forget_at.pop(k, None)
             return len(doomed)
 
     def active_leases(self) -> int:

@@ -101,22 +101,22 @@ def test_the_reserve_arguments_hold_force_amount_then_per_counter_caps_and_soft_
     tail = codec.reserve_tail(req.counters, [1, 2], 86400, 60)
     assert tail == [
         b"86400", b"60",
-        b"1", b"org:1/user:2", b"day", b"100", b"", b"5", b"", b"", b"",
-        b"2", b"org:1", b"lifetime", b"", b"50", b"", b"80", b"", b"",
+        b"1", b"org:1/user:2", b"day", b"0", b"100", b"", b"5", b"", b"", b"",
+        b"2", b"org:1", b"lifetime", b"0", b"", b"50", b"", b"80", b"", b"",
     ]  # fmt: skip
-    # the script reads the counters from ARGV[11] on, 9 values each
-    assert len(head) + 2 == 10 and (len(tail) - 2) % 9 == 0
+    # the script reads the counters from ARGV[11] on, 10 values each
+    assert len(head) + 2 == 10 and (len(tail) - 2) % 10 == 0
 
 
 def test_settle_release_and_status_arguments() -> None:
     req = SettleRequest("l", (REF, CounterRef("org:1", "lifetime")), Amount(3, 4, 1), estimated=True)
-    args = codec.settle_args(req, "settle", [1, 1], "", 86400, 60)
+    args = codec.settle_args(req, "settle", [1, 1], "", 86400, 60, 500)
     assert args == [
-        "", "l", 3, 4, 1, "1", "1", 86400, 60, "settle", 2,
-        1, "org:1/user:2", "day", 1, "org:1", "lifetime",
+        "", "l", 3, 4, 1, "1", "1", 86400, 60, "settle", 2, 500,
+        1, "org:1/user:2", "day", "0", 1, "org:1", "lifetime", "0",
     ]  # fmt: skip
     probe = req._replace(count_overshoot=False, estimated=False, actual=Amount())
-    assert codec.settle_args(probe, "release", [1, 1], "7", 1, 2)[:11] == [
+    assert codec.settle_args(probe, "release", [1, 1], "7", 1, 2, 3)[:11] == [
         "7",
         "l",
         0,
@@ -129,7 +129,7 @@ def test_settle_release_and_status_arguments() -> None:
         "release",
         2,
     ]
-    assert codec.status_args([REF], [1], "", 86400, 60) == ["", 86400, 60, 1, 1, "org:1/user:2", "day"]
+    assert codec.status_args([REF], [1], "", 86400, 60) == ["", 86400, 60, 1, 1, "org:1/user:2", "day", "0"]
 
 
 def test_key_bases_group_scopes_by_root_and_keep_braces_out_of_the_tag() -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "decode_states",
     "decode_text",
     "encode_cap",
+    "expire_ms",
     "key_bases",
     "reserve_head",
     "reserve_tail",
@@ -75,6 +76,11 @@ def encode_cap(v: int | None) -> str:
     return "" if v is None else str(int(v))
 
 
+def expire_ms(ref: CounterRef) -> str:
+    """A counter's expire_after as script text: milliseconds, ``'0'`` for none."""
+    return "0" if ref.expire_after is None else str(max(int(ref.expire_after * 1000), 1))
+
+
 def _caps(caps: Caps | None) -> list[str]:
     return [encode_cap(v) for v in caps] if caps is not None else ["", "", ""]
 
@@ -85,7 +91,7 @@ def reserve_tail(
     """The reserve arguments that depend only on the counters (the store caches them)."""
     tail: list[Any] = [tombstone_ttl, grace]
     for spec, i in zip(counters, index, strict=True):
-        tail += [i, spec.ref.scope, spec.ref.per, *_caps(spec.caps), *_caps(spec.soft)]
+        tail += [i, spec.ref.scope, spec.ref.per, expire_ms(spec.ref), *_caps(spec.caps), *_caps(spec.soft)]
     return [str(v).encode() for v in tail]
 
 
@@ -96,13 +102,19 @@ def reserve_head(req: ReserveRequest, now: str) -> list[Any]:
 
 
 def settle_args(
-    req: SettleRequest, mode: SettleMode, index: Sequence[int], now: str, tombstone_ttl: int, grace: int
+    req: SettleRequest,
+    mode: SettleMode,
+    index: Sequence[int],
+    now: str,
+    tombstone_ttl: int,
+    grace: int,
+    settled_cap: int,
 ) -> list[Any]:
     """The settle script's arguments (``mode`` 'release' drops the lease instead)."""
     a = req.actual
     args: list[Any] = [now, req.lease_id, a.nanos, a.tokens, a.requests]
     args += ["1" if req.estimated else "0", "1" if req.count_overshoot else "0"]
-    args += [tombstone_ttl, grace, mode, len(req.counters)]
+    args += [tombstone_ttl, grace, mode, len(req.counters), settled_cap]
     return args + _refs(req.counters, index)
 
 
@@ -116,7 +128,7 @@ def status_args(
 def _refs(refs: Sequence[CounterRef], index: Sequence[int]) -> list[Any]:
     out: list[Any] = []
     for ref, i in zip(refs, index, strict=True):
-        out += [i, ref.scope, ref.per]
+        out += [i, ref.scope, ref.per, expire_ms(ref)]
     return out
 
 

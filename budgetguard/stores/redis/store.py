@@ -19,6 +19,7 @@ from .calls import FAILURES, mapped
 from .clients import describe, is_cluster, spool_key, sync_twin
 from .connectors import RedisConnector, Target, store_options
 from .policy import refuse_eviction
+from .roots import Roots
 from .scripts import SOURCES
 
 __all__ = ["RedisStore"]
@@ -39,6 +40,10 @@ class RedisStore(Store):
 
     The first operation reads ``INFO memory`` and refuses (``ConfigError``) a
     server whose ``maxmemory-policy`` may evict keys, unless ``allow_eviction``.
+
+    Closed lease ids (what makes a replayed settle or release a no-op) are
+    kept per root scope: the newest ``settled_cap`` of them, for at most
+    ``tombstone_ttl`` seconds. A replay older than either may count twice.
     """
 
     blocking = True
@@ -55,11 +60,14 @@ class RedisStore(Store):
         attempts: int = 3,
         tombstone_ttl: int = 86400,
         grace: int = 86400,
+        settled_cap: int = 10_000,
         cluster: bool | None = None,
         label: str | None = None,
         allow_eviction: bool = False,
     ) -> None:
         _check(client, async_client, prefix, timeout, attempts)
+        if isinstance(settled_cap, bool) or not isinstance(settled_cap, int) or settled_cap < 1:
+            raise ConfigError(f"settled_cap must be a positive number of lease ids, got {settled_cap!r}")
         if client is None:
             client = sync_twin(async_client)
         self.client = client
@@ -72,13 +80,14 @@ class RedisStore(Store):
         self.attempts = attempts
         self.tombstone_ttl = int(tombstone_ttl)
         self.grace = int(grace)
+        self.settled_cap = settled_cap
         self.cluster = is_cluster(client, async_client) if cluster is None else cluster
         self.label = label or describe(client if client is not None else async_client, self.cluster)
         self.allow_eviction = bool(allow_eviction)
         self._policy_ok = self.allow_eviction  # checked on the first operation: constructors do no I/O
         self._sync_scripts = _register(client)
         self._async_scripts = _register(async_client)
-        self._roots_seen: set[str] = set()
+        self._roots = Roots(prefix)
         self.spool_key = spool_key(client if client is not None else async_client, prefix, self.label)
         self._tails: dict[tuple[CounterSpec, ...], tuple[list[str], list[bytes]]] = {}
 
@@ -187,7 +196,9 @@ class RedisStore(Store):
 
     def _settle_args(self, req: SettleRequest, mode: codec.SettleMode) -> tuple[list[str], list[Any]]:
         bases, index = self._bases([r.scope for r in req.counters] or ["global"])
-        return bases, codec.settle_args(req, mode, index, self._now(), self.tombstone_ttl, self.grace)
+        return bases, codec.settle_args(
+            req, mode, index, self._now(), self.tombstone_ttl, self.grace, self.settled_cap
+        )
 
     def _release_args(self, lease_id: str, counters: tuple[CounterRef, ...]) -> tuple[list[str], list[Any]]:
         return self._settle_args(SettleRequest(lease_id, counters, Amount()), "release")
@@ -196,32 +207,27 @@ class RedisStore(Store):
         bases, index = self._bases([r.scope for r in refs])
         return bases, codec.status_args(refs, index, self._now(), self.tombstone_ttl, self.grace)
 
-    # ------------------------------------------------------------ the roots registry
+    # ------------------------------------------------------------ the roots registry (roots.py)
 
-    def _claim_roots(self, bases: list[str]) -> list[str]:
-        """Roots not yet listed by this process (marked listed now; unmarked if the write fails)."""
-        new = [b for b in bases if b not in self._roots_seen]
-        self._roots_seen.update(new)
-        return new
-
-    def _register_roots(self, bases: list[str]) -> None:
-        new = self._claim_roots(bases)
-        if new and self.client is not None:
+    def _register_roots(self, req: ReserveRequest) -> None:
+        due = self._roots.due(req.counters, self._clock())
+        if due and self.client is not None:
             try:
-                self.client.sadd(f"{self.prefix}roots", *new)
+                self._roots.write(self.client.pipeline(transaction=False), due, self._clock()).execute()
             except FAILURES:
-                self._roots_seen.difference_update(new)  # listing only; retry next time
+                self._roots.failed(due)  # listing only; retry next time
 
-    async def _aregister_roots(self, bases: list[str]) -> None:
+    async def _aregister_roots(self, req: ReserveRequest) -> None:
         if self.async_client is None:
-            await asyncio.to_thread(self._register_roots, bases)
+            await asyncio.to_thread(self._register_roots, req)
             return
-        new = self._claim_roots(bases)
-        if new:
+        due = self._roots.due(req.counters, self._clock())
+        if due:
             try:
-                await self.async_client.sadd(f"{self.prefix}roots", *new)
+                pipe = self.async_client.pipeline(transaction=False)
+                await self._roots.write(pipe, due, self._clock()).execute()
             except FAILURES:
-                self._roots_seen.difference_update(new)  # listing only; retry next time
+                self._roots.failed(due)  # listing only; retry next time
 
     # ------------------------------------------------------------ the interface
 
@@ -229,14 +235,14 @@ class RedisStore(Store):
         keys, args = self._reserve_args(req)
         result = codec.decode_reserve(self._call("reserve", keys, args))
         if result.admitted:
-            self._register_roots(keys)
+            self._register_roots(req)
         return result
 
     async def areserve(self, req: ReserveRequest) -> ReserveResult:
         keys, args = self._reserve_args(req)
         result = codec.decode_reserve(await self._acall("reserve", keys, args))
         if result.admitted:
-            await self._aregister_roots(keys)
+            await self._aregister_roots(req)
         return result
 
     def settle(self, req: SettleRequest) -> SettleOutcome:
@@ -276,14 +282,20 @@ class RedisStore(Store):
         return int(await self._acall("reset", keys, [self._now(), scope]))
 
     def scopes(self) -> list[tuple[str, str]]:
-        """Every (scope, period) that has held a reservation, without KEYS or SCAN."""
+        """Every (scope, period) that has held a reservation and is not forgotten yet
+        (``expire_after``), without KEYS or SCAN. (``roots`` and ``<base>s`` are the sets
+        of earlier versions, read too.)"""
         if self.client is None:
             raise ConfigError("scopes() needs a sync client")
-        out: list[tuple[str, str]] = []
-        for base in sorted(codec.decode_text(b) for b in self.client.smembers(f"{self.prefix}roots")):
-            for member in self.client.smembers(f"{base}s"):
+        now = self._clock()
+        c = self.client
+        bases = {*c.zrangebyscore(self._roots.key, now, "+inf"), *c.smembers(f"{self.prefix}roots")}
+        out: set[tuple[str, str]] = set()
+        for base in sorted(codec.decode_text(b) for b in bases):
+            members = {*c.zrangebyscore(f"{base}sz", int(now * 1000), "+inf"), *c.smembers(f"{base}s")}
+            for member in members:
                 scope, _, per = codec.decode_text(member).rpartition("\t")
-                out.append((scope, per))
+                out.add((scope, per))
         return sorted(out)
 
     def ping(self) -> float:

@@ -4,11 +4,15 @@
 --   c:<per>:<window start>:<scope>  counter hash, one integer per name in FIELDS:
 --                                    sn st sr (spent) rn rt rr (reserved)
 --                                    oc on ot orq (overshoots) ec (estimated settles)
---   l:<lease id>   live lease hash: n t r (amount) exp (ms) k (counter keys, a JSON array)
---   lx             zset of live lease keys by expiry (ms), in every root the lease touches
---   x:<lease id>   an expired lease, kept to reconcile a late settle
---   d:<lease id>   settled/released marker (replays are no-ops)
---   s              set of "<scope>\t<per>" ever used under this root
+--   L              live leases: field lease id -> JSON [n, t, r, counter keys, expire_after ms]
+--                  (no TTL: a lease is resolved however long its root stays idle)
+--   lx             zset of live leases by expiry (ms), member `<base>l:<id>`, in every root the
+--                  lease touches (no TTL)
+--   x:<lease id>   an expired lease (same JSON), kept tombstone_ttl to reconcile a late settle
+--   d              zset of closed (settled/released) lease ids by close time (us): replays are
+--                  no-ops; at most settled_cap ids, none older than tombstone_ttl
+--   sz             zset of "<scope>\t<per>" used under this root, by when the counter is
+--                  forgotten (ms; inf for limits without expire_after)
 --
 -- FIELDS (the hash fields, in the order of every reply) is not declared here: scripts.py
 -- generates its line from budgetguard/stores/redis/codec.py's FIELDS and puts it first.
@@ -83,13 +87,27 @@ local function counter_key(base, per, ws, scope)
   return base .. 'c:' .. per .. ':' .. I(ws) .. ':' .. scope
 end
 
--- Forget a window's counter `grace` seconds after it closes.
-local function touch(ck, grace)
+-- Set when a counter is forgotten: `grace` seconds after its window closes, or `ea` ms after
+-- this use (expire_after; 0 = none), whichever comes first; an expiring scope's entry in `sz`
+-- follows it (and `sz` drops entries already gone). `fresh`: list a new permanent scope.
+local function touch(ck, grace, now_ms, ea, fresh)
   -- anchored on the tag's closing brace: braces in scopes are percent-encoded, so a crafted
   -- scope cannot fake a period here
-  local per, ws = string.match(ck, '}:c:(%a+):(%d+):')
-  if per and per ~= 'lifetime' then
-    redis.call('EXPIREAT', ck, I(window_end(per, tonumber(ws)) + grace))
+  local base, per, ws, scope = string.match(ck, '^(.-}:)c:(%a+):(%d+):(.*)$')
+  if not per then return end
+  local at
+  if per ~= 'lifetime' then at = (window_end(per, tonumber(ws)) + grace) * 1000 end
+  if ea > 0 and (at == nil or now_ms + ea < at) then at = now_ms + ea end
+  if at then redis.call('PEXPIREAT', ck, I(at)) end
+  local sz = base .. 'sz'
+  if ea > 0 then  -- the list lives as long as its last entry, or for ever once it has a permanent one
+    local left = redis.call('PTTL', sz)
+    redis.call('ZADD', sz, I(at), scope .. '\t' .. per)
+    redis.call('ZREMRANGEBYSCORE', sz, '-inf', I(now_ms))
+    if left == -2 or (left >= 0 and now_ms + left < at) then redis.call('PEXPIREAT', sz, I(at)) end
+  elseif fresh then
+    redis.call('ZADD', sz, 'inf', scope .. '\t' .. per)
+    redis.call('PERSIST', sz)
   end
 end
 
@@ -248,33 +266,65 @@ local function amount_of(f)
   return {tonumber(f[1]), tonumber(f[2]), tonumber(f[3])}
 end
 
+-- A lease as stored in `L` and `x:<id>`: amount (as text: cjson rounds big numbers), counter
+-- keys, and each counter's expire_after (ms, 0 = none).
+local function lease_text(amount, keys, eas)
+  return cjson.encode({I(amount[1]), I(amount[2]), I(amount[3]), keys, eas})
+end
+
+-- A lease read back: {n, t, r, keys, eas}, or nil. A lease hash left by an older version
+-- (`l:<id>`: fields n t r k, no expire_after) is read too, so an upgrade strands nothing.
+local function lease_read(base, id)
+  local v = redis.call('HGET', base .. 'L', id)
+  if v then return cjson.decode(v) end
+  local f = redis.call('HMGET', base .. 'l:' .. id, 'n', 't', 'r', 'k')
+  if not f[1] then return nil end
+  redis.call('DEL', base .. 'l:' .. id)
+  return {f[1], f[2], f[3], cjson.decode(f[4]), {}}
+end
+
+-- Whether lease `id` was closed (settled or released) under `base` within tombstone_ttl.
+local function closed(base, id, now, tomb_s)
+  local s = redis.call('ZSCORE', base .. 'd', id)
+  return s ~= false and s ~= nil and tonumber(s) > now - tomb_s * 1000000
+end
+
+-- Remember lease `id` as closed: the newest `cap` ids of the root, for tombstone_ttl at most
+-- (an idle root's whole list goes with its TTL). Memory per root is bounded by `cap`.
+-- Scored in microseconds, so that the oldest go first.
+local function close(base, id, now, tomb_s, cap)
+  local dk = base .. 'd'
+  redis.call('ZADD', dk, I(now), id)
+  redis.call('ZREMRANGEBYRANK', dk, 0, -(cap + 1))
+  redis.call('EXPIRE', dk, I(tomb_s))
+end
+
 -- Charge the leases of one root that ran out (apply_expire on each of their counters).
 -- At most SWEEP_CAP leases per root per script call: a call's cost stays bounded however
 -- many leases ran out at once; the rest are charged by the next calls on that root. Until
 -- then an overdue lease still counts, as reserved instead of spent, and a settle that
--- reaches it first settles it as a live lease.
+-- reaches it first settles it as a live lease. Reads only keys without a TTL.
 local SWEEP_CAP = 200
 local function sweep(base, now_ms, tomb_s, grace)
   local zkey = base .. 'lx'
   local due = redis.call('ZRANGEBYSCORE', zkey, '-inf', I(now_ms), 'LIMIT', 0, SWEEP_CAP)
   if #due == 0 then return end
   local at = {1, 2, 3, 4, 5, 6, 11}  -- what apply_expire reads and changes
-  for _, lkey in ipairs(due) do
-    local f = redis.call('HMGET', lkey, 'n', 't', 'r', 'k', 'b', 'id')
-    if f[1] then
-      local amount = amount_of(f)
-      for _, ck in ipairs(cjson.decode(f[4])) do
+  for _, member in ipairs(due) do
+    local lbase, id = string.match(member, '^(.-}:)l:(.*)$')
+    local lease = lease_read(lbase, id)
+    if lease then
+      local amount = amount_of(lease)
+      for i, ck in ipairs(lease[4]) do
         local st, before = load(ck, at)
         apply_expire(st, amount)
         write(ck, at, before, st)
-        touch(ck, grace)
+        touch(ck, grace, now_ms, lease[5][i] or 0)
       end
-      local xkey = f[5] .. 'x:' .. f[6]
-      redis.call('RENAME', lkey, xkey)
-      redis.call('PERSIST', xkey)
-      redis.call('EXPIRE', xkey, I(tomb_s))
+      redis.call('HDEL', lbase .. 'L', id)
+      redis.call('SET', lbase .. 'x:' .. id, cjson.encode(lease), 'EX', I(tomb_s))
     end
-    redis.call('ZREM', zkey, lkey)
+    redis.call('ZREM', zkey, member)
   end
 end
 

@@ -1,5 +1,5 @@
 -- Read the current-window state of several counters in one round trip.
--- KEYS: the distinct bases. ARGV: now_us|'' tomb_s grace n, then per counter: base_index scope per
+-- KEYS: the distinct bases. ARGV: now_us|'' tomb_s grace n, then per counter: base_index scope per expire_after_ms
 -- Returns 1 + #FIELDS values per counter: window start, then the FIELDS.
 local now = now_us(ARGV[1])
 local now_ms = math.floor(now / 1000)
@@ -8,7 +8,7 @@ local tomb_s, grace, n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 for i = 1, #KEYS do sweep(KEYS[i], now_ms, tomb_s, grace) end
 local out = {}
 for i = 1, n do
-  local o = 4 + (i - 1) * 3
+  local o = 4 + (i - 1) * 4
   local base = KEYS[tonumber(ARGV[o + 1])]
   local per = ARGV[o + 3]
   local ws = window_start(per, t)
