@@ -34,6 +34,9 @@ class Pending:
     partial: TokenUsage | None = None
     spooled: bool = False  # reserved in the spool (store down, fail-open): settle there too
     probe: bool = False  # pipe form: the reservation was a 1-unit probe, not an estimate
+    audio_in: bool = (
+        False  # the prompt carries audio: a reading that does not split it out is charged as audio
+    )
 
 
 class PendingRuns:
