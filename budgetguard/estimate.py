@@ -17,7 +17,13 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage
 
-__all__ = ["estimate_input_tokens", "estimate_text_tokens", "max_output_tokens"]
+__all__ = [
+    "estimate_input_tokens",
+    "estimate_text_tokens",
+    "max_output_tokens",
+    "configured_max_output_tokens",
+    "has_audio_input",
+]
 
 PER_MESSAGE = 6  # role markers and separators
 PER_CALL = 8
@@ -65,6 +71,40 @@ def estimate_input_tokens(messages: Sequence[BaseMessage], tools: Any = None) ->
 
 
 _MAX_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "num_predict", "maxTokens")
+_AUDIO_KINDS = ("audio", "input_audio")
+
+
+def _cap(where: Mapping[str, Any] | object) -> int | None:
+    """The first positive int output cap among ``where``'s keys (a mapping) or attributes."""
+    for key in _MAX_KEYS:
+        v = where.get(key) if isinstance(where, Mapping) else getattr(where, key, None)
+        if type(v) is int and v > 0:
+            return v
+    return None
+
+
+def configured_max_output_tokens(model: object) -> int | None:
+    """The output cap a chat-model object is configured with, if it has one.
+
+    ChatOllama sends its ``num_predict`` without putting it in the callback's
+    ``invocation_params``, so the cap must be read from the model itself.
+    """
+    return _cap(model)
+
+
+def has_audio_input(messages: Sequence[BaseMessage] | None) -> bool:
+    """Whether a prompt carries audio (a block of type audio, or any block with an audio MIME type)."""
+    for m in messages or ():
+        content = m.content
+        if isinstance(content, str):
+            continue
+        for block in content:
+            if not isinstance(block, Mapping):
+                continue
+            mime = block.get("mime_type") or block.get("mimeType")
+            if block.get("type") in _AUDIO_KINDS or (isinstance(mime, str) and mime.startswith("audio/")):
+                return True
+    return False
 
 
 def max_output_tokens(
@@ -77,10 +117,11 @@ def max_output_tokens(
     ``max_tokens`` there must never shrink a reservation.
     """
     params = invocation_params or {}
-    for key in _MAX_KEYS:
-        v = params.get(key)
-        if type(v) is int and v > 0:
-            return v
+    options = params.get("options")  # ChatOllama: a call's options={"num_predict": ...}
+    for where in (params, options if isinstance(options, Mapping) else {}):
+        cap = _cap(where)
+        if cap is not None:
+            return cap
     if profile_max:
         return profile_max
     return default

@@ -3,13 +3,15 @@
 A model name decides the price, so every part of budgetguard must read it the
 same way: the first non-empty string found, looking in a fixed order. The key
 lists below are that order; the functions only walk them. Pure: no LangChain
-import, no I/O.
+import, no I/O (provider facts come from ``providers.py``'s tables).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from .providers import MODEL_NAME_PREFIXES, SERVED_NAME_PARTIAL
 
 __all__ = [
     "CALL_PARAM_KEYS",
@@ -22,6 +24,7 @@ __all__ = [
     "call_model_name",
     "configured_model_name",
     "served_model_name",
+    "bare_model_name",
 ]
 
 #: ``invocation_params`` keys naming the requested model (OpenAI/Anthropic, older clients, Bedrock).
@@ -74,5 +77,22 @@ def configured_model_name(model: object) -> str | None:
 
 
 def served_model_name(response_metadata: Mapping[str, Any] | None) -> str | None:
-    """The model the provider reports in a message's ``response_metadata``."""
+    """The model the provider reports in a message's ``response_metadata``.
+
+    ``None`` for integrations that report it on some paths only (ChatMistralAI:
+    streams, not invoke), so that every path prices the same, requested name.
+    """
+    if (
+        isinstance(response_metadata, Mapping)
+        and response_metadata.get("model_provider") in SERVED_NAME_PARTIAL
+    ):
+        return None
     return name_at(response_metadata, SERVED_KEYS)
+
+
+def bare_model_name(model: str) -> str:
+    """``model`` without an API-path prefix (``models/gemini-2.5-flash`` -> ``gemini-2.5-flash``)."""
+    for prefix in MODEL_NAME_PREFIXES:
+        if model.startswith(prefix) and len(model) > len(prefix):
+            return model[len(prefix) :]
+    return model

@@ -7,13 +7,16 @@ integers and cached, so a warm ``cost()`` is integer arithmetic plus one
 token class is charged at its own rate, and a class without a rate of its own
 (say cache reads on a model with no cache price) is billed at its parent's.
 
-Resolution order, first hit wins:
+An API-path prefix (``models/gemini-2.5-flash``) is stripped first, as
+LangChain does. Resolution order, first hit wins:
 
 1. ``prices`` given by the caller: the exact model name, then its lower case.
 2. Bundled data, with the provider (LangChain's ``ls_provider`` mapped to a
    genai-prices id, e.g. ``amazon_bedrock`` -> ``aws``, by the table in
    ``data/providers.json``).
-3. Bundled data, provider guessed from the model name.
+3. Bundled data, provider guessed from the model name; never for a local
+   provider (``ls_provider`` ``ollama``), whose models are not the hosted
+   API's that share their names.
 4. Bedrock ids: without a region prefix (``us.``, ``eu.`` ...) under ``aws``,
    then the vendor's own name (``anthropic.claude-v2`` -> ``claude-v2``)
    under the vendor.
@@ -36,10 +39,25 @@ from genai_prices.units import UnitRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ConfigError, UnknownModelPrice
-from .providers import BEDROCK_REGION_PREFIXES, PROVIDER_ALIASES
+from .model_names import bare_model_name
+from .providers import (
+    BEDROCK_REGION_PREFIXES,
+    LOCAL_PROVIDERS,
+    PROVIDER_ALIASES,
+    UNKNOWN_PRICE_HINTS,
+)
 from .usage import TokenUsage
 
-__all__ = ["Price", "context_window", "cost", "cost_nanos", "resolve_rates", "Rates", "NANOS_PER_USD"]
+__all__ = [
+    "NANOS_PER_USD",
+    "Price",
+    "Rates",
+    "context_window",
+    "cost",
+    "cost_nanos",
+    "resolve_rates",
+    "unpriced_rates",
+]
 
 NANOS_PER_USD = 1_000_000_000
 _MTOK = 1_000_000
@@ -97,6 +115,7 @@ class Rates:
     scale: int
     units: tuple[_Unit, ...]
     per_request: int  # same scale, per single request
+    priced: bool = True  # False: no price was known (a tokens-only budget needs none); costs are 0
 
     def numerator(self, u: TokenUsage) -> int:
         """Cost times ``10**(scale+6)`` USD, exactly."""
@@ -296,7 +315,10 @@ def _find(model: str, provider: str | None) -> tuple[str, ModelInfo] | None:
     pid = PROVIDER_ALIASES.get(provider.lower(), provider.lower()) if provider else None
     if pid:
         candidates.append((model, pid))
-    candidates.append((model, None))
+    if provider and provider.lower() in LOCAL_PROVIDERS:
+        candidates.clear()  # a local model: no hosted vendor's price, guessed or not
+    else:
+        candidates.append((model, None))
     low = model.lower()
     stripped = low
     for region in BEDROCK_REGION_PREFIXES:
@@ -347,6 +369,7 @@ def resolve_rates(
     """The compiled rates for ``model``, by the documented resolution order."""
     if not isinstance(model, str) or not model:
         raise UnknownModelPrice(str(model), provider, reason="no model name was reported")
+    model = bare_model_name(model)
     if prices:
         price = prices.get(model) or prices.get(model.lower())
         if price is not None:
@@ -356,7 +379,16 @@ def resolve_rates(
         return entry.rates()
     if default_price is not None:
         return _user_rates(model, default_price)
-    raise UnknownModelPrice(model, provider)
+    hint = UNKNOWN_PRICE_HINTS.get((provider or "").lower())
+    reason = (
+        None if hint is None else f"it is not in the bundled genai-prices data; {hint.format(model=model)}"
+    )
+    raise UnknownModelPrice(model, provider, reason=reason)
+
+
+def unpriced_rates(model: str, provider: str | None) -> Rates:
+    """Zero rates for a model with no price, for calls no USD limit applies to."""
+    return Rates(bare_model_name(model), provider, 0, (), 0, priced=False)
 
 
 def context_window(model: str, provider: str | None = None) -> int | None:

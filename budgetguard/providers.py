@@ -19,6 +19,10 @@ from typing import Any, Literal, cast
 __all__ = [
     "PROVIDER_ALIASES",
     "BEDROCK_REGION_PREFIXES",
+    "MODEL_NAME_PREFIXES",
+    "LOCAL_PROVIDERS",
+    "SERVED_NAME_PARTIAL",
+    "UNKNOWN_PRICE_HINTS",
     "RESPONSE_ROOTS",
     "SHAPES",
     "USAGE_METADATA_SHAPE",
@@ -73,6 +77,10 @@ class Tables:
 
     provider_aliases: dict[str, str]
     bedrock_region_prefixes: tuple[str, ...]
+    model_name_prefixes: tuple[str, ...]
+    local_providers: frozenset[str]
+    served_name_partial: frozenset[str]
+    unknown_price_hints: Mapping[str, str]
     shapes: Mapping[str, Shape]
     response_roots: tuple[tuple[str | None, tuple[Shape, ...]], ...]
     usage_metadata_shape: Shape
@@ -114,9 +122,14 @@ def load_tables(text: str) -> Tables:
         um_shape = shapes[raw["usage_metadata_shape"]]
     except KeyError as e:
         raise ValueError(f"providers.json: unknown shape {e}") from None
+    hints = {k: v for k, v in raw["unknown_price_hints"].items() if k != "about"}
     return Tables(
         dict(raw["provider_aliases"]),
         tuple(raw["bedrock_region_prefixes"]),
+        tuple(raw["model_name_prefixes"]["prefixes"]),
+        frozenset(raw["local_providers"]["providers"]),
+        frozenset(raw["served_name_not_on_every_path"]["model_providers"]),
+        MappingProxyType(hints),
         MappingProxyType(shapes),
         roots,
         um_shape,
@@ -131,6 +144,14 @@ _TABLES = load_tables(
 PROVIDER_ALIASES: dict[str, str] = _TABLES.provider_aliases
 #: Cross-region inference prefixes of Bedrock model ids (``us.anthropic...``).
 BEDROCK_REGION_PREFIXES: tuple[str, ...] = _TABLES.bedrock_region_prefixes
+#: API-path prefixes that are no part of a model's name (``models/gemini-2.5-flash``).
+MODEL_NAME_PREFIXES: tuple[str, ...] = _TABLES.model_name_prefixes
+#: ``ls_provider`` values of models run locally: never priced by guessing a hosted vendor.
+LOCAL_PROVIDERS: frozenset[str] = _TABLES.local_providers
+#: ``model_provider`` values whose served model name is reported on some paths only (ignored).
+SERVED_NAME_PARTIAL: frozenset[str] = _TABLES.served_name_partial
+#: Extra advice for ``UnknownModelPrice``, by ``ls_provider`` (``{model}`` is filled in).
+UNKNOWN_PRICE_HINTS: Mapping[str, str] = _TABLES.unknown_price_hints
 #: Every usage shape, by name.
 SHAPES: Mapping[str, Shape] = _TABLES.shapes
 #: Where in ``response_metadata`` usage may sit (``None``: the top level), in

@@ -291,10 +291,43 @@ def usage_from_result(result: LLMResult) -> tuple[TokenUsage | None, str | None]
             if u is not None:
                 total = u if total is None else total + u
             model = model or served_model(message)
-    if total is None and isinstance(result.llm_output, Mapping):
-        total = TokenUsage.from_response_metadata(result.llm_output)
-        model = model or name_at(result.llm_output, LLM_OUTPUT_KEYS)
+    if isinstance(result.llm_output, Mapping):
+        if total is None:
+            total = TokenUsage.from_response_metadata(result.llm_output)
+            model = model or name_at(result.llm_output, LLM_OUTPUT_KEYS)
+        else:
+            total = with_details(total, TokenUsage.from_response_metadata(result.llm_output))
     return total, model
+
+
+#: The counts inside input and output that some integrations leave out of ``usage_metadata``.
+_DETAILS = ("cache_read", "cache_write", "cache_write_1h", "input_audio", "output_audio", "reasoning")
+
+
+def with_details(usage: TokenUsage, raw: TokenUsage | None) -> TokenUsage:
+    """``usage``, with the details a second reading of the same call gives.
+
+    ChatMistralAI's ``usage_metadata`` has totals only; its ``llm_output``
+    keeps the provider's usage, cache reads included. The two are one call's
+    usage only if their totals agree: otherwise ``usage`` stands as it is.
+    """
+    if raw is None or (raw.input_tokens, raw.output_tokens) != (usage.input_tokens, usage.output_tokens):
+        return usage
+    return usage._replace(**{f: max(getattr(usage, f), getattr(raw, f)) for f in _DETAILS})
+
+
+def audio_unsplit(u: TokenUsage) -> TokenUsage:
+    """A reading for a prompt with audio that does not say how much of it was audio.
+
+    langchain-google-genai drops Gemini's per-modality counts
+    (``usageMetadata.promptTokensDetails``), so the split is unknowable: every
+    uncached input token is charged as audio (the dearer rate), flagged as an
+    estimate. A reading that reports audio stands as it is.
+    """
+    audio = u.input_tokens - u.cache_read - u.cache_write
+    if u.input_audio or u.cache_hit or audio <= 0:
+        return u
+    return u._replace(input_audio=audio, estimated=True)
 
 
 def sum_messages(messages: Iterable[BaseMessage]) -> TokenUsage | None:

@@ -16,6 +16,7 @@ from langchain_core.runnables import Runnable, RunnableBinding
 
 from ..engine import Engine, ModelHint
 from ..errors import ConfigError
+from ..estimate import configured_max_output_tokens
 from ..model_names import configured_model_name
 from .handler import GUARDS_KEY, BudgetGuardCallback, guard_callback
 
@@ -32,6 +33,8 @@ def model_hint(model: BaseLanguageModel[Any], soft_ppm: int | None) -> ModelHint
         provider = None
     profile = getattr(model, "profile", None)
     profile_max = profile.get("max_output_tokens") if isinstance(profile, Mapping) else None
+    # the model's own cap (ChatOllama's num_predict is sent but not in invocation_params) wins
+    profile_max = configured_max_output_tokens(model) or profile_max
     return ModelHint(name, provider, profile_max if isinstance(profile_max, int) else None, soft_ppm)
 
 

@@ -20,17 +20,17 @@ from uuid import UUID
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
-from ..errors import BudgetExceeded, BudgetStoreUnavailable, ConfigError
-from ..estimate import estimate_input_tokens, estimate_text_tokens, max_output_tokens
+from ..errors import BudgetExceeded, BudgetStoreUnavailable, ConfigError, UnknownModelPrice
+from ..estimate import estimate_input_tokens, estimate_text_tokens, has_audio_input, max_output_tokens
 from ..model_names import call_model_name, first_name
-from ..pricing import Rates, context_window, resolve_rates
+from ..pricing import Rates, context_window, resolve_rates, unpriced_rates
 from ..records import CallRecord, Outcome
 from ..reservation import Amount, CounterRef
 from ..spool import encode_release, encode_reserve, encode_settle
 from ..status import BudgetStatus, LimitStatus, row
 from ..stores.base import ReserveRequest, ReserveResult, SettleRequest
 from ..units import QUANTITY_NAMES, to_usd
-from ..usage import TokenUsage, served_model, usage_from_message, usage_from_result
+from ..usage import TokenUsage, audio_unsplit, served_model, usage_from_message, usage_from_result
 from . import ops
 from .config import EngineConfig
 from .ops import Flow
@@ -88,6 +88,15 @@ class Flows:
     def _rates(self, model: str, provider: str | None) -> Rates:
         return resolve_rates(model, provider, self.prices, self.default_price)
 
+    def _call_rates(self, model: str, provider: str | None, plan: Plan) -> Rates:
+        """The call's rates; a model with no price needs none when no USD limit applies to it."""
+        try:
+            return self._rates(model, provider)
+        except UnknownModelPrice:
+            if any(s.caps.nanos is not None or (s.soft and s.soft.nanos is not None) for s in plan.specs):
+                raise
+            return unpriced_rates(model, provider)
+
     # ------------------------------------------------------------ before a call
 
     def start(self, call: CallStart) -> Begun | None:
@@ -104,7 +113,7 @@ class Flows:
         model = call_model_name(params, metadata, hint.model)
         provider = first_name((metadata.get("ls_provider"), hint.provider))
         plan = self.planner.plan(metadata, hint.soft_ppm)
-        rates = self._rates(model or "", provider)
+        rates = self._call_rates(model or "", provider, plan)
         if messages is not None:
             inp = estimate_input_tokens(messages, params.get("tools") or params.get("functions"))
         else:
@@ -113,6 +122,7 @@ class Flows:
         amount = Amount(rates.worst_nanos(inp, out), inp + out, 1)
         p = Pending(self._new_lease(), plan.refs, plan.labels, amount, rates, provider, inp, out)
         p.owner, p.start, p.task = call.owner, call.event, current_task()
+        p.audio_in = messages is not None and has_audio_input(messages)
         if not self.pending.claim(run_id, p):
             return None
         return Begun(run_id, p, plan)
@@ -228,13 +238,13 @@ class Flows:
 
     def _settle(self, p: Pending, usage: TokenUsage, served: str | None) -> Flow[CallRecord | None]:
         rates = p.rates
-        if served and served != rates.model:
+        if p.audio_in:
+            usage = audio_unsplit(usage)
+        if served and served != rates.model and rates.priced:
             try:
                 rates = self._rates(served, p.provider)
             except LookupError:
-                logger.warning(
-                    "budgetguard: served model %r has no price; charged at %r's rates", served, rates.model
-                )
+                _warn_unpriced(served, rates.model)
         actual = Amount() if usage.cache_hit else Amount(rates.nanos(usage), usage.total_tokens, 1)
         req = SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=not p.probe)
         outcome = yield from self._settle_or_spool(p, req)
@@ -419,6 +429,17 @@ class Flows:
                     if getattr(lim, quantity) is not None:
                         rows.append(row(label, lim, quantity, st))
         return BudgetStatus(tuple(rows), skipped)
+
+
+_unpriced_served: set[str] = set()
+
+
+def _warn_unpriced(served: str, model: str) -> None:
+    """Warn of a served model with no price once per model (per process), not on every call."""
+    if served in _unpriced_served or len(_unpriced_served) >= 10_000:
+        return
+    _unpriced_served.add(served)
+    logger.warning("budgetguard: served model %r has no price; charged at %r's rates", served, model)
 
 
 def _message_usage(message: BaseMessage) -> tuple[TokenUsage, str | None]:

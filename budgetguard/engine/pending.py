@@ -53,6 +53,7 @@ class Pending:
     start: object = None  # the start event's prompt object: the same event seen by a second handler
     task: asyncio.Task[object] | None = None  # the asyncio task the call began in
     ready: bool = False  # reserved: an end or error may settle it
+    audio_in: bool = False  # the prompt carries audio: a reading that does not split it out is charged so
 
 
 def current_task() -> asyncio.Task[object] | None:

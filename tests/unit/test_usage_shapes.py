@@ -155,7 +155,10 @@ def old_from_response_metadata(meta: Any) -> TokenUsage | None:
     if isinstance(metrics, Mapping):
         return _old_pair(metrics.get("inputTokenCount"), metrics.get("outputTokenCount"))
     if "prompt_eval_count" in meta or "eval_count" in meta:
-        return _old_pair(meta.get("prompt_eval_count"), meta.get("eval_count"))
+        # Changed on purpose (issue 9, item 8): Ollama leaves prompt_eval_count out when it
+        # evaluated no prompt (thinking models, a cached prompt); eval_count still counts.
+        prompt = meta.get("prompt_eval_count")
+        return _old_pair(0 if prompt is None else prompt, meta.get("eval_count"))
     return None
 
 
@@ -302,7 +305,9 @@ def test_tables_cover_every_root_and_shape() -> None:
     for s in SHAPES.values():
         assert set(s.rules) <= set(RULES)
         assert all(r.to in TokenUsage._fields or r.to in SCRATCH for r in s.rows)
-        assert [r.need for r in s.rows[:2]] == ["required", "required"]
+        # Ollama omits prompt_eval_count when it evaluated no prompt: only its output is required.
+        expected = ["checked", "required"] if s.name == "ollama" else ["required", "required"]
+        assert [r.need for r in s.rows[:2]] == expected
 
 
 def test_provider_aliases_and_bedrock_prefixes_are_the_old_constants() -> None:
@@ -356,6 +361,12 @@ def test_load_tables_rejects_a_damaged_file(damage: Any, message: str) -> None:
     damage(data)
     with pytest.raises(ValueError, match=message):
         load_tables(json.dumps(data))
+
+
+def test_ollama_without_prompt_eval_count_keeps_its_output() -> None:
+    assert TokenUsage.from_response_metadata({"eval_count": 300}) == TokenUsage(0, 300)
+    assert TokenUsage.from_response_metadata({"prompt_eval_count": 5}) is None
+    assert TokenUsage.from_response_metadata({"prompt_eval_count": "x", "eval_count": 300}) is None
 
 
 def test_bedrock_invoke_metrics_end_the_search_even_when_bad() -> None:
