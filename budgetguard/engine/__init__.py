@@ -27,9 +27,9 @@ from ..status import BudgetStatus
 from ..stores.base import Store
 from .config import EngineConfig
 from .drivers import AsyncDriver, DriverState, SyncDriver
-from .flows import Flows
 from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
+from .pipe import PipeFlows
 from .plans import CallStart, ModelHint, Plan, Planner
 
 __all__ = ["CallStart", "Engine", "EngineConfig", "ModelHint", "Plan"]
@@ -51,7 +51,7 @@ class Engine:
         self.store = store
         self.spool = spool
         self.pending = PendingRuns()
-        self.flows = Flows(
+        self.flows = PipeFlows(
             Planner(self.limits),
             self.pending,
             config or EngineConfig(),

@@ -20,23 +20,23 @@ from uuid import UUID
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
-from ..errors import BudgetExceeded, BudgetStoreUnavailable, ConfigError, UnknownModelPrice
+from ..errors import BudgetStoreUnavailable, UnknownModelPrice
 from ..estimate import estimate_input_tokens, estimate_text_tokens, has_audio_input, max_output_tokens
 from ..model_names import call_model_name, first_name
-from ..pricing import Rates, context_window, resolve_rates, unpriced_rates
+from ..pricing import Rates, resolve_rates, unpriced_rates
 from ..records import CallRecord, Outcome
 from ..reservation import Amount, CounterRef
 from ..spool import encode_release, encode_reserve, encode_settle
 from ..status import BudgetStatus, LimitStatus, row
 from ..stores.base import ReserveRequest, ReserveResult, SettleRequest
 from ..units import QUANTITY_NAMES, to_usd
-from ..usage import TokenUsage, audio_unsplit, served_model, usage_from_message, usage_from_result
+from ..usage import TokenUsage, audio_unsplit, usage_from_message, usage_from_result
 from . import ops
 from .config import EngineConfig
 from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, Plan, Planner
-from .refusals import refusal, states_before
+from .refusals import refusal
 from .user import UserCallbacks
 
 __all__ = ["Begun", "Flows"]
@@ -312,100 +312,6 @@ class Flows:
             self.user_callbacks.call(self.on_record, rec)
         return rec
 
-    # ------------------------------------------------------------ pipe form
-
-    def record(
-        self, message: BaseMessage, metadata: Mapping[str, Any], model_hint: str | None
-    ) -> Flow[BudgetExceeded | None]:
-        """Record usage that already happened (pipe form, invoke mode).
-
-        Returns a refusal if the budget was already exhausted *before* this
-        call, so that later steps can be stopped; the usage is recorded anyway.
-        """
-        plan = self.planner.plan(metadata)
-        usage, served = _message_usage(message)
-        rates = self._rates(served or model_hint or "", None)
-        actual = Amount(0, 0, 0) if usage.cache_hit else Amount(rates.nanos(usage), usage.total_tokens, 1)
-        p = Pending(self._new_lease(), plan.refs, plan.labels, _PROBE, rates, None, 0, 0, probe=True)
-        reserve = ReserveRequest(p.lease_id, plan.specs, _PROBE, self.lease_ttl, force=True)
-        try:
-            result = yield from ops.reserve(reserve)
-        except BudgetStoreUnavailable:
-            if self.spool_dir is None:
-                raise
-            yield from ops.spool_append(encode_reserve(reserve))  # the call already ran: record it later
-            p.spooled = True
-            result = ReserveResult(True, ())
-        yield from self._settle_or_spool(
-            p, SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=False)
-        )
-        self._emit(p, usage, actual.nanos, "estimated" if usage.estimated else "settled", rates.model)
-        if result.violation is not None and not result.violation.soft:
-            return refusal(plan, states_before(result.states, _PROBE), result.violation, _PROBE, rates.model)
-        return None
-
-    def pipe_amount(self, message: BaseMessage | None, model_hint: str | None) -> Amount:
-        """What the pipe form reserves before it pulls the model: an honest worst case.
-
-        A message it can already see costs what it says (its served model, else
-        ``model=``). Otherwise (under ``transform`` the prompt is not visible)
-        the worst case of ``model=``: a full context window of input and
-        ``default_max_output_tokens`` of output, each token at its dearest rate.
-        """
-        if message is not None:
-            usage, served = _message_usage(message)
-            name = served or model_hint
-            if name:
-                if usage.cache_hit:
-                    return Amount(0, 0, 0)
-                return Amount(self._rates(name, None).nanos(usage), usage.total_tokens, 1)
-        if not model_hint:
-            raise ConfigError(
-                "BudgetGuard placed in a RunnableSequence by hand (or streamed on its own) cannot see "
-                "which model it follows, so it cannot reserve the call's worst case: pass "
-                "BudgetGuard(model='<model name>', ...), or compose it with `llm | guard` or guard.wrap(llm)"
-            )
-        window = context_window(model_hint)
-        if window is None:
-            raise ConfigError(
-                f"BudgetGuard placed in a RunnableSequence by hand cannot see the prompt, and no context "
-                f"window is known for model={model_hint!r} to bound it: compose it with `llm | guard` "
-                "or guard.wrap(llm), which check each call's own prompt"
-            )
-        out = self.default_max_output_tokens
-        return Amount(self._rates(model_hint, None).worst_nanos(window, out), window + out, 1)
-
-    def probe(self, metadata: Mapping[str, Any], amount: Amount, model: str | None) -> Flow[tuple[str, Plan]]:
-        """Pipe form, stream mode: reserve ``amount`` before the model is pulled, or refuse."""
-        plan = self.planner.plan(metadata)
-        req = ReserveRequest(self._new_lease(), plan.specs, amount, self.lease_ttl)
-        try:
-            result = yield from ops.reserve(req)
-        except BudgetStoreUnavailable:
-            if not self.fail_open or self.spool_dir is None:
-                raise
-            yield from ops.spool_append(encode_reserve(req))
-            self._spooled_probes.add(req.lease_id)
-            return req.lease_id, plan
-        if not result.admitted:
-            raise refusal(plan, result.states, result.violation, amount, model)
-        return req.lease_id, plan
-
-    def settle_stream(
-        self, lease_id: str, plan: Plan, message: BaseMessage | None, model_hint: str | None, amount: Amount
-    ) -> Flow[CallRecord | None]:
-        spooled = lease_id in self._spooled_probes
-        self._spooled_probes.discard(lease_id)
-        if message is None:  # the model failed before its first chunk: nothing was billed
-            yield from self._release(
-                Pending(lease_id, plan.refs, plan.labels, amount, _NO_RATES, None, 0, 0, spooled=spooled)
-            )
-            return None
-        usage, served = _message_usage(message)
-        rates = self._rates(served or model_hint or "", None)
-        p = Pending(lease_id, plan.refs, plan.labels, amount, rates, None, 0, 0, spooled=spooled)
-        return (yield from self._settle(p, usage, served))
-
     def reset(self, scope: str) -> Flow[int]:
         """Zero a scope written as the user wrote it, in every period; how many counters were reset."""
         n = 0
@@ -440,11 +346,3 @@ def _warn_unpriced(served: str, model: str) -> None:
         return
     _unpriced_served.add(served)
     logger.warning("budgetguard: served model %r has no price; charged at %r's rates", served, model)
-
-
-def _message_usage(message: BaseMessage) -> tuple[TokenUsage, str | None]:
-    usage = usage_from_message(message)
-    if usage is None:
-        text = message.content if isinstance(message.content, str) else str(message.content)
-        usage = TokenUsage(input_tokens=0, output_tokens=max(estimate_text_tokens(text), 1), estimated=True)
-    return usage, served_model(message)
