@@ -49,9 +49,14 @@ def first_name(values: Iterable[object]) -> str | None:
 
 def name_at(mapping: Mapping[str, Any] | None, keys: Sequence[str]) -> str | None:
     """The first non-empty ``str`` under ``keys`` of ``mapping`` (``None`` if it is no mapping)."""
-    if not isinstance(mapping, Mapping):
+    if type(mapping) is not dict and not isinstance(mapping, Mapping):
         return None
-    return first_name(mapping.get(key) for key in keys)
+    get = mapping.get
+    for key in keys:  # first_name's loop, without a generator per call
+        value = get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def call_model_name(
@@ -82,10 +87,9 @@ def served_model_name(response_metadata: Mapping[str, Any] | None) -> str | None
     ``None`` for integrations that report it on some paths only (ChatMistralAI:
     streams, not invoke), so that every path prices the same, requested name.
     """
-    if (
-        isinstance(response_metadata, Mapping)
-        and response_metadata.get("model_provider") in SERVED_NAME_PARTIAL
-    ):
+    if (type(response_metadata) is dict or isinstance(response_metadata, Mapping)) and response_metadata.get(
+        "model_provider"
+    ) in SERVED_NAME_PARTIAL:
         return None
     return name_at(response_metadata, SERVED_KEYS)
 

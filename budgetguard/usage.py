@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple, cast
@@ -89,9 +90,9 @@ class TokenUsage(NamedTuple):
     @classmethod
     def from_usage_metadata(cls, usage: Mapping[str, Any]) -> TokenUsage | None:
         """Parse a ``UsageMetadata`` dict; ``None`` if it is missing or impossible."""
-        if not isinstance(usage, Mapping):
+        if type(usage) is not dict and not isinstance(usage, Mapping):
             return None
-        return read_shape(USAGE_METADATA_SHAPE, usage)
+        return _read_usage_metadata(usage)
 
     @classmethod
     def from_response_metadata(cls, meta: Mapping[str, Any]) -> TokenUsage | None:
@@ -101,18 +102,18 @@ class TokenUsage(NamedTuple):
         mapping there decides it. No reading moves on to the next root, unless
         the shape is ``final``.
         """
-        if not isinstance(meta, Mapping):
+        if type(meta) is not dict and not isinstance(meta, Mapping):
             return None
-        for root, shapes in RESPONSE_ROOTS:
+        for root, shapes in _RESPONSE_READERS:
             found = meta if root is None else meta.get(root)
-            if not isinstance(found, Mapping):
+            if type(found) is not dict and not isinstance(found, Mapping):
                 continue
-            shape = next((s for s in shapes if s.claims(found)), None)
-            if shape is None:
-                continue
-            parsed = read_shape(shape, found)
-            if parsed is not None or shape.final:
-                return parsed
+            for detect, final, read in shapes:
+                if _claims(detect, found):
+                    parsed = read(found)
+                    if parsed is not None or final:
+                        return parsed
+                    break
         return None
 
 
@@ -156,7 +157,7 @@ def _parent(
     node: Any = root
     for key in keys:
         node = node.get(key)
-        if not isinstance(node, Mapping):
+        if type(node) is not dict and not isinstance(node, Mapping):
             return None if loose or not node else _INVALID
     return node  # type: ignore[no-any-return]
 
@@ -177,29 +178,111 @@ def _by_parent(shape: Shape) -> tuple[tuple[tuple[str, ...], tuple[Row, ...]], .
     return tuple((parent, tuple(rows)) for parent, rows in groups.items())
 
 
+#: A shape compiled once: the mapping at its root -> its reading, or ``None``.
+Reader = Callable[[Mapping[str, Any]], TokenUsage | None]
+
+#: Every count a reader fills, 0 until read (absent is 0 for every count that is not
+#: required), and the two flags: what ``TokenUsage`` is built from.
+_ZEROS: dict[str, int] = {**dict.fromkeys((*_FIELDS, *SCRATCH), 0), "estimated": False, "cache_hit": False}
+_pick = operator.itemgetter(*TokenUsage._fields)
+_new = tuple.__new__
+
+
+def compile_shape(shape: Shape) -> Reader:
+    """A shape's rows and rules turned into one reader, built once per shape.
+
+    Rows are grouped by the mapping they sit in (each looked up once per
+    parse), with each group's needs summed up in advance: a missing group
+    costs one test, not one per row.
+    """
+    groups = tuple(
+        (
+            parent[0] if parent else None,
+            parent[1:],
+            tuple((r.path[-1], r.to, r.need) for r in rows),
+            any(r.need == "required" for r in rows),  # an absent group is no reading
+            any(r.need != "optional" for r in rows),  # an invalid group is no reading
+        )
+        for parent, rows in _by_parent(shape)
+    )
+    required = tuple(r.to for r in shape.rows if r.need == "required")
+    rules = tuple(RULES[name] for name in shape.rules)
+    loose = shape.loose_details
+
+    def read(root: Mapping[str, Any]) -> TokenUsage | None:
+        counts = _ZEROS.copy()
+        for first, rest, rows, needed, strict in groups:
+            node = root if first is None else root.get(first)
+            if node is not None and (rest or type(node) is not dict):
+                node = _descend(node, rest, loose)
+            if node is None or node is _INVALID:
+                if needed if node is None else strict:
+                    return None
+                if node is _INVALID:
+                    counts["estimated"] = True
+                continue
+            get = node.get
+            for key, to, need in rows:
+                v = get(key)
+                if v is None:
+                    if need == "required":
+                        return None
+                elif type(v) is int and 0 <= v <= MAX_TOKENS:
+                    counts[to] = v
+                elif need != "optional":
+                    return None
+                else:
+                    counts["estimated"] = True
+        if counts["estimated"]:
+            counts = _discredited(counts, required)
+        u: TokenUsage = _new(TokenUsage, _pick(counts))
+        for rule in rules:
+            u = rule(u, counts, root)
+        return u
+
+    return read
+
+
+def _descend(node: Any, keys: tuple[str, ...], loose: bool) -> Mapping[str, Any] | _Invalid | None:
+    """The mapping at ``keys`` below ``node``, a value found where a mapping of details belongs."""
+    if type(node) is not dict and not isinstance(node, Mapping):
+        return None if loose or not node else _INVALID
+    return _parent(node, keys, loose) if keys else node
+
+
+def _discredited(counts: dict[str, int], required: tuple[str, ...]) -> dict[str, int]:
+    """One bad detail discredits them all: keep what is required, flagged as an estimate."""
+    kept = _ZEROS.copy()
+    for to in required:
+        kept[to] = counts[to]
+    kept["estimated"] = True
+    return kept
+
+
+_readers: dict[int, tuple[Shape, Reader]] = {}
+
+
+def reader(shape: Shape) -> Reader:
+    """The compiled reader of ``shape`` (compiled on first use, then kept)."""
+    found = _readers.get(id(shape))
+    if found is None or found[0] is not shape:
+        found = _readers[id(shape)] = (shape, compile_shape(shape))
+    return found[1]
+
+
 def read_shape(shape: Shape, root: Mapping[str, Any]) -> TokenUsage | None:
     """Apply one usage shape's rows, then its rules, to the mapping at its root."""
-    counts: dict[str, int] = {}
-    flag = False
-    for parent, rows in _by_parent(shape):
-        node = _parent(root, parent, shape.loose_details)
-        for row in rows:
-            n = node if node is None or node is _INVALID else _read(node.get(row.path[-1]))
-            if n is None:
-                if row.need == "required":
-                    return None
-            elif n is _INVALID:
-                if row.need != "optional":
-                    return None
-                flag = True
-            else:
-                counts[row.to] = n
-    if flag:  # one bad detail discredits them all: keep what is required
-        counts = {r.to: counts[r.to] for r in shape.rows if r.need == "required"}
-    u = TokenUsage._make([*(counts.get(f, 0) for f in _FIELDS), flag, False])
-    for name in shape.rules:
-        u = RULES[name](u, counts, root)
-    return u
+    return reader(shape)(root)
+
+
+def _claims(detect: tuple[str, ...], root: Mapping[str, Any]) -> bool:
+    """``Shape.claims``, for a compiled shape."""
+    if not detect:
+        return True
+    for key in detect:
+        if key in root:
+            return True
+    return False
 
 
 def _consistent(u: TokenUsage) -> TokenUsage:
@@ -240,6 +323,15 @@ def _zero_total_cost_is_cache_hit(u: TokenUsage, c: Mapping[str, int], r: Mappin
     return u._replace(cache_hit=hit) if hit != u.cache_hit else u
 
 
+def _repair_contradictions(u: TokenUsage, c: Mapping[str, int], r: Mapping[str, Any]) -> TokenUsage:
+    if (
+        u.cache_read + u.cache_write + u.input_audio > u.input_tokens
+        or u.reasoning + u.output_audio > u.output_tokens
+    ):
+        return _consistent(u)
+    return u
+
+
 # Each rule returns the reading itself when it has nothing to change: ``_replace``
 # is the dearest step of a parse, and a parse runs on every settle.
 #: The adjustments a shape may name in ``providers.json``, by name.
@@ -249,7 +341,7 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         "cache_write_1h_within_cache_write": _cache_write_1h_within_cache_write,
         "cache_write_covers_ttls": _cache_write_covers_ttls,
         "zero_total_cost_is_cache_hit": _zero_total_cost_is_cache_hit,
-        "repair_contradictions": lambda u, c, r: _consistent(u),
+        "repair_contradictions": _repair_contradictions,
     }
 )
 
@@ -266,6 +358,12 @@ def _check_tables() -> None:
 
 
 _check_tables()
+
+_read_usage_metadata = reader(USAGE_METADATA_SHAPE)
+#: ``RESPONSE_ROOTS`` compiled: each root with its shapes' detect keys, ``final`` and reader.
+_RESPONSE_READERS = tuple(
+    (root, tuple((s.detect, s.final, reader(s)) for s in shapes)) for root, shapes in RESPONSE_ROOTS
+)
 
 
 def usage_from_message(message: BaseMessage) -> TokenUsage | None:

@@ -124,29 +124,15 @@ class DriverState:
         self.spool.append(entry)
 
 
-class _Steps:
-    """A flow's position: the pending operation, then its return value."""
-
-    __slots__ = ("done", "flow", "op", "value")
-
-    def __init__(self, flow: Flow[Any]) -> None:
-        self.flow = flow
-        self.done = False
-        self.value: Any = None
-        self.op: Op | None = None
-        self._go(flow.send, None)
-
-    def advance(self, outcome: object) -> None:
-        if isinstance(outcome, BudgetStoreUnavailable):
-            self._go(self.flow.throw, outcome)
-        else:
-            self._go(self.flow.send, outcome)
-
-    def _go(self, step: Callable[[Any], Op], arg: object) -> None:
-        try:
-            self.op = step(arg)
-        except StopIteration as stop:
-            self.done, self.value = True, stop.value
+def _calls(store: Store) -> dict[type, Callable[[Any], Any]]:
+    """The store method each store operation calls, by the operation's type."""
+    return {
+        Reserve: lambda op: store.reserve(op.request),
+        Settle: lambda op: store.settle(op.request),
+        Release: lambda op: store.release(op.lease_id, op.counters),
+        Status: lambda op: store.status(list(op.refs)),
+        Reset: lambda op: store.reset(op.scope),
+    }
 
 
 class SyncDriver:
@@ -154,43 +140,51 @@ class SyncDriver:
 
     def __init__(self, state: DriverState) -> None:
         self.state = state
-        store = state.store
-        self._calls: dict[type, Callable[[Any], Any]] = {
-            Reserve: lambda op: store.reserve(op.request),
-            Settle: lambda op: store.settle(op.request),
-            Release: lambda op: store.release(op.lease_id, op.counters),
-            Status: lambda op: store.status(list(op.refs)),
-            Reset: lambda op: store.reset(op.scope),
-        }
+        self._calls = _calls(state.store)
+        self._store = state.store  # the hot pair is called on it without a lambda between
 
     def run(self, flow: Flow[T]) -> T:
-        steps = _Steps(flow)
-        while not steps.done:
-            steps.advance(self._attempt(steps.op))
-        return steps.value  # type: ignore[no-any-return]
+        step: Callable[[Any], Op] = flow.send
+        outcome: object = None
+        do = self._do
+        while True:
+            try:
+                op = step(outcome)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            try:
+                outcome = do(op)
+                step = flow.send
+            except BudgetStoreUnavailable as exc:
+                outcome = exc
+                step = flow.throw
 
-    def _attempt(self, op: Op | None) -> object:
-        try:
-            return self._do(op)
-        except BudgetStoreUnavailable as exc:
-            return exc
-
-    def _do(self, op: Op | None) -> Any:
+    def _do(self, op: Op) -> Any:
         state = self.state
+        kind = type(op)
         if type(op) is SpoolAppend:
             return state.append(op.entry)
-        if type(op) is Replay:
+        if kind is Replay:
             return state.replay()
         if not state.started:
             state.start()
+        breaker = state.breaker
         name = op.operation  # type: ignore[union-attr]
-        state.breaker.check(name)
+        if breaker._down_until:
+            breaker.check(name)
+        out: Any
         try:
-            out = self._calls[type(op)](op)
+            if type(op) is Reserve:
+                out = self._store.reserve(op.request)
+            elif type(op) is Settle:
+                out = self._store.settle(op.request)
+            else:
+                out = self._calls[kind](op)
         except BudgetStoreUnavailable as exc:
-            state.breaker.trip(exc)
+            breaker.trip(exc)
             raise exc.during(name) from None
-        state.breaker.reset()
+        if breaker._down_until or breaker._outage:
+            breaker.reset()
         if state.spool is not None:
             state.replay()
         return out
@@ -211,34 +205,41 @@ class AsyncDriver:
         }
 
     async def run(self, flow: Flow[T]) -> T:
-        steps = _Steps(flow)
-        while not steps.done:
-            steps.advance(await self._attempt(steps.op))
-        return steps.value  # type: ignore[no-any-return]
+        outcome: object = None
+        while True:
+            try:  # a store fault is thrown into the flow, anything else sent
+                op = (
+                    flow.throw(outcome) if isinstance(outcome, BudgetStoreUnavailable) else flow.send(outcome)
+                )
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            try:
+                outcome = await self._do(op)
+            except BudgetStoreUnavailable as exc:
+                outcome = exc
 
-    async def _attempt(self, op: Op | None) -> object:
-        try:
-            return await self._do(op)
-        except BudgetStoreUnavailable as exc:
-            return exc
-
-    async def _do(self, op: Op | None) -> Any:
+    async def _do(self, op: Op) -> Any:
         state = self.state
+        kind = type(op)
         if type(op) is SpoolAppend:
             return await asyncio.to_thread(state.append, op.entry)
-        if type(op) is Replay:
+        if kind is Replay:
             return await self._replay()
         if not state.started:
             await asyncio.to_thread(state.start)
+        breaker = state.breaker
         name = op.operation  # type: ignore[union-attr]
-        state.breaker.check(name)
+        if breaker._down_until:
+            breaker.check(name)
         try:
-            out = await self._calls[type(op)](op)
+            out = await self._calls[kind](op)
         except BudgetStoreUnavailable as exc:
-            state.breaker.trip(exc)
+            breaker.trip(exc)
             raise exc.during(name) from None
-        state.breaker.reset()
-        await self._replay()
+        if breaker._down_until or breaker._outage:
+            breaker.reset()
+        if state.spool is not None:
+            await self._replay()
         return out
 
     async def _replay(self) -> None:

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from uuid import UUID
 
 from langchain_core.messages import BaseMessage
@@ -28,7 +28,7 @@ from ..records import CallRecord, Outcome
 from ..reservation import Amount, CounterRef
 from ..spool import encode_release, encode_reserve, encode_settle
 from ..status import BudgetStatus, LimitStatus, row
-from ..stores.base import ReserveRequest, ReserveResult, SettleRequest
+from ..stores.base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest
 from ..units import QUANTITY_NAMES, to_usd
 from ..usage import TokenUsage, audio_unsplit, usage_from_message, usage_from_result
 from . import ops
@@ -156,7 +156,7 @@ class Flows:
     ) -> Flow[ReserveResult | None]:
         """Reserve; on a store fault, raise, or (fail open) spool the reserve and return ``None``."""
         try:
-            result = yield from ops.reserve(req)
+            result = cast(ReserveResult, (yield ops.Reserve(req)))  # ops.reserve, one generator less
         except BudgetStoreUnavailable as exc:
             if self.spool_dir is None:
                 raise
@@ -270,7 +270,7 @@ class Flows:
             yield from ops.replay()
             return "spooled"
         try:
-            return (yield from ops.settle(req))
+            return cast(SettleOutcome, (yield ops.Settle(req)))  # ops.settle, one generator less
         except BudgetStoreUnavailable:
             if self.spool_dir is None:
                 raise

@@ -58,10 +58,8 @@ class Pending:
 
 def current_task() -> asyncio.Task[object] | None:
     """The running asyncio task, if this thread runs an event loop."""
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no event loop running in this thread
-        return None
+    loop = asyncio._get_running_loop()  # None, not RuntimeError, when no loop runs: cheap on sync calls
+    return None if loop is None else asyncio.current_task(loop)
 
 
 class PendingRuns:
@@ -85,8 +83,10 @@ class PendingRuns:
 
     def has_event(self, run_id: UUID, event: object) -> bool:
         """Whether a call was already begun for this very start event (another handler's)."""
+        if event is None or run_id not in self._runs:  # claim() checks again, under the lock
+            return False
         with self._lock:
-            return event is not None and any(p.start is event for p in self._runs.get(run_id, ()))
+            return any(p.start is event for p in self._runs.get(run_id, ()))
 
     def claim(self, run_id: UUID, pending: Pending) -> bool:
         """Add a call about to reserve; False if this start event was already claimed."""
@@ -155,7 +155,13 @@ class PendingRuns:
                 self.on_abandoned(run_id, p)
 
     def _find(self, run_id: UUID, owner: object) -> Pending | None:
-        calls = [p for p in self._runs.get(run_id, ()) if p.ready and (owner is None or p.owner is owner)]
+        found = self._runs.get(run_id)
+        if found is None:
+            return None
+        if len(found) == 1:  # the common case: one call per run id
+            p = found[0]
+            return p if p.ready and (owner is None or p.owner is owner) else None
+        calls = [p for p in found if p.ready and (owner is None or p.owner is owner)]
         if len(calls) > 1:
             began = _began.get()
             for p in calls:
@@ -165,12 +171,17 @@ class PendingRuns:
 
     def _remove(self, run_id: UUID, pending: Pending) -> None:
         calls = self._runs[run_id]
-        calls[:] = [p for p in calls if p is not pending]
-        if not calls:
+        if len(calls) == 1 and calls[0] is pending:
             del self._runs[run_id]
+        else:
+            calls[:] = [p for p in calls if p is not pending]
+            if not calls:
+                del self._runs[run_id]
         task = pending.task
-        watched = self._tasks.get(task) if task is not None else None
-        if task is not None and watched is not None:
+        if task is None:
+            return
+        watched = self._tasks.get(task)
+        if watched is not None:
             watched[:] = [(r, p) for r, p in watched if p is not pending]
             if not watched:
                 del self._tasks[task]

@@ -8,7 +8,7 @@ plan for every call, built once.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -56,10 +56,10 @@ class Plan:
     specs: tuple[CounterSpec, ...]
     groups: tuple[tuple[Limit, ...], ...]  # the limits behind each counter
     labels: tuple[str, ...]  # each counter's scope as the user wrote it (keys are percent-encoded)
+    refs: tuple[CounterRef, ...] = field(init=False, repr=False, compare=False)  # each counter's ref
 
-    @property
-    def refs(self) -> tuple[CounterRef, ...]:
-        return tuple(s.ref for s in self.specs)
+    def __post_init__(self) -> None:
+        self.refs = tuple(s.ref for s in self.specs)  # a static plan is reused: computed once
 
 
 class Planner:

@@ -93,6 +93,8 @@ class MemoryStore(Store):
         """The counter (made if new), to be changed now: forget it a day after its window
         closes, or ``expire_after`` seconds from now, whichever comes first."""
         st = self._counters.get(key)
+        if st is not None and expire_after is None:
+            return st  # its deadline stands (the common case: nothing to look up)
         old = self._forget_at.get(key, math.inf)
         if st is None:
             st = self._counters[key] = CounterState(window_start=key[2])
@@ -190,12 +192,12 @@ class MemoryStore(Store):
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            refs = tuple(spec.ref for spec in req.counters)
+            refs = [spec.ref for spec in req.counters]
             if self._known(req.lease_id, refs, now):
                 # a replayed reserve: the lease exists (or was closed) already; never reserve twice
                 return ReserveResult(True, (), None)
-            keys = tuple(self._key(ref, now) for ref in refs)
-            eas = tuple(ref.expire_after for ref in refs)
+            keys = tuple([(ref.scope, ref.per, window_start(ref.per, now)) for ref in refs])  # _key
+            eas = tuple([ref.expire_after for ref in refs])
             states = [self._counters.get(k) or CounterState(window_start=k[2]) for k in keys]
             violation = first_violation(req.counters, states, req.amount)
             if violation is not None and not req.force:
