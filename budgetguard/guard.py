@@ -80,6 +80,7 @@ class BudgetGuard(Runnable[Any, Any]):
         self.fallbacks: tuple[Runnable[Any, Any], ...] = settings.fallbacks
         self.degrade_at = settings.degrade_at
         self.model_hint = settings.model
+        self.engine.note_model(settings.model, None)
         self.runnable = runnable
         self._guarded: Runnable[Any, Any] | None = self.wrap(runnable) if runnable is not None else None
         # Wrapped around a runnable, or piped after a model: the Runnable methods go to one of the two.

@@ -64,7 +64,9 @@ def _with_handler(
 def guard_runnable(engine: Engine, runnable: Runnable[Any, Any], soft_ppm: int | None) -> Runnable[Any, Any]:
     """``runnable`` with the engine's handler on its chat model (or on every model inside it)."""
     if isinstance(runnable, BaseLanguageModel):
-        handler = guard_callback(engine, model_hint(runnable, soft_ppm))
+        hint = model_hint(runnable, soft_ppm)
+        engine.note_model(hint.model, hint.provider)
+        handler = guard_callback(engine, hint)
         return _with_handler(runnable, handler, engine.tag)
     if type(runnable) is RunnableBinding and isinstance(runnable.bound, BaseLanguageModel):
         return runnable.model_copy(update={"bound": guard_runnable(engine, runnable.bound, soft_ppm)})
