@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import time
 from decimal import Decimal
+from uuid import uuid4
 
 import pytest
 
-from budgetguard import BudgetExceeded, BudgetGuard, Limit
+from budgetguard import BudgetExceeded, BudgetGuard, DegradeRequired, Limit
+from budgetguard.adapter.candidates import FALLBACK, LAST_RESORT, PRIMARY, Candidates
 from budgetguard.engine.refusals import RETRY_RESERVED
 from budgetguard.errors import CandidateRefusal
 from budgetguard.testing import FakeChatModel
@@ -60,6 +63,57 @@ def test_a_call_that_fits_once_the_budget_frees_is_not_never_fits() -> None:
     with pytest.raises(BudgetExceeded) as info:
         guard.wrap(_gpt4o(max_tokens=2000)).invoke("q")
     assert not info.value.never_fits and "never fit" not in str(info.value)
+
+
+def test_each_fallback_candidate_says_why_it_was_refused() -> None:
+    primary = _gpt4o(max_tokens=4000)
+    cheap = FakeChatModel(model_name="gpt-4o-mini", max_tokens=100_000)
+    guard = BudgetGuard(limit_usd="0.01", fallback=cheap)
+    with pytest.raises(BudgetExceeded) as info:
+        guard.wrap(primary).invoke("q")
+    e = info.value
+    assert e.model == "gpt-4o"
+    assert [(c.role, c.model) for c in e.candidates] == [("fallback", "gpt-4o-mini")]
+    assert "output cap of 100,000 tokens" in e.candidates[0].reason
+    msg = str(e)
+    assert "Also refused, gpt-4o-mini (fallback): Budget exceeded" in msg and "gpt-4o call needs" in msg
+    after = pickle.loads(pickle.dumps(e))
+    assert after.candidates == e.candidates and str(after) == msg
+
+
+def test_several_fallbacks_each_say_why_async_and_in_batches() -> None:
+    primary = _gpt4o(max_tokens=4000)
+    mini = FakeChatModel(model_name="gpt-4o-mini", max_tokens=100_000)
+    nano = FakeChatModel(model_name="gpt-4.1-nano", max_tokens=1_000_000)
+    guard = BudgetGuard(limit_usd="0.01", fallback=[mini, nano])
+    llm = guard.wrap(primary)
+    with pytest.raises(BudgetExceeded) as info:
+        asyncio.run(llm.ainvoke("q"))
+    assert [c.model for c in info.value.candidates] == ["gpt-4o-mini", "gpt-4.1-nano"]
+    errors = llm.batch(["a", "b"], return_exceptions=True)  # batch returns the last candidate's error
+    for err in errors:
+        assert isinstance(err, BudgetExceeded) and err.model == "gpt-4.1-nano"
+        assert [(c.role, c.model) for c in err.candidates] == [
+            ("primary", "gpt-4o"),
+            ("fallback", "gpt-4o-mini"),
+        ]
+    with pytest.raises(BudgetExceeded) as info:
+        llm.batch(["a"])
+    assert {info.value.model, *(c.model for c in info.value.candidates)} == {
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-4.1-nano",
+    }
+    assert primary.calls.count == mini.calls.count == nano.calls.count == 0
+
+
+def test_a_provider_error_is_not_handled_by_the_fallbacks() -> None:
+    primary = _gpt4o(max_tokens=10, fail_with=lambda: RuntimeError("provider down"))
+    cheap = FakeChatModel(model_name="gpt-4o-mini", max_tokens=10)
+    guard = BudgetGuard(limit_usd="1", fallback=cheap, degrade_at=0.5)
+    with pytest.raises(RuntimeError, match="provider down"):
+        guard.wrap(primary).invoke("q")
+    assert cheap.calls.count == 0
 
 
 def test_a_candidate_refusal_is_a_plain_value() -> None:
@@ -128,3 +182,85 @@ def test_a_tokens_limit_with_fewer_tokens_left_than_a_minimal_call_is_exhausted(
     llm.invoke("q")
     status = guard.remaining()
     assert status.rows[0].remaining == 6 and status.exhausted  # a minimal call needs 9 tokens
+
+
+# ------------------------------------------------------------------ item 6: degrade_at is a soft cap
+
+
+def _served_until_refused(fallback_max: int) -> tuple[Decimal, int, int, BudgetExceeded]:
+    primary = _gpt4o(max_tokens=1000, output_tokens=1000, input_tokens=10)
+    cheap = FakeChatModel(
+        model_name="gpt-4o-mini", max_tokens=fallback_max, output_tokens=1000, input_tokens=10
+    )
+    guard = BudgetGuard(limit_usd="1.00", fallback=cheap, degrade_at=0.5)
+    llm = guard.wrap(primary)
+    with pytest.raises(BudgetExceeded) as info:
+        for _ in range(1000):
+            llm.invoke("q")
+    spent = guard.remaining().rows[0].spent
+    assert isinstance(spent, Decimal)
+    return spent, primary.calls.count, cheap.calls.count, info.value
+
+
+def test_the_primary_serves_past_degrade_at_when_no_fallback_fits() -> None:
+    # the fallback's worst case ($0.60) is larger than what is left past 49%: it never fits.
+    # Before: refused at $0.491225 spent (49.1%) with $0.51 left. Now the primary serves to the hard cap.
+    spent, primary_calls, cheap_calls, e = _served_until_refused(1_000_000)
+    assert spent > Decimal("0.98") and primary_calls == 99 and cheap_calls == 0
+    assert not isinstance(e, DegradeRequired)
+
+
+def test_a_fallback_that_fits_still_serves_past_degrade_at() -> None:
+    spent, primary_calls, cheap_calls, e = _served_until_refused(100_000)
+    assert 45 <= primary_calls <= 55 and cheap_calls > 700 and spent > Decimal("0.98")
+    assert [c.model for c in e.candidates] == ["gpt-4o-mini"]  # the primary's hard refusal is not repeated
+
+
+def _refusal(cls: type[BudgetExceeded], model: str) -> BudgetExceeded:
+    return cls(
+        scope="global",
+        limit=Limit(usd="1"),
+        quantity="usd",
+        window="lifetime",
+        spent=Decimal(0),
+        reserved=Decimal(0),
+        requested=Decimal(2),
+        remaining=Decimal(1),
+        resets_at=None,
+        model=model,
+    )
+
+
+@pytest.mark.parametrize(("first_cls", "told"), [(DegradeRequired, 2), (BudgetExceeded, 1)])
+def test_the_last_resort_refusal_is_told_only_when_the_primary_only_passed_degrade_at(
+    first_cls: type[BudgetExceeded], told: int
+) -> None:
+    chains, parent = Candidates(), uuid4()
+    first = _refusal(first_cls, "gpt-4o")
+    chains.refused(PRIMARY, parent, first)
+    chains.refused(FALLBACK, parent, _refusal(BudgetExceeded, "gpt-4o-mini"))
+    chains.refused(LAST_RESORT, parent, _refusal(BudgetExceeded, "gpt-4o"))
+    assert len(first.candidates) == told
+    assert ("ignoring degrade_at" in str(first)) == (told == 2)
+    chains.refused(FALLBACK, parent, _refusal(BudgetExceeded, "late"))  # the chain is closed
+    assert len(first.candidates) == told
+
+
+def test_an_admitted_candidate_closes_its_chain_and_calls_without_a_parent_are_left_alone() -> None:
+    chains, parent = Candidates(), uuid4()
+    first = _refusal(DegradeRequired, "gpt-4o")
+    chains.refused(PRIMARY, parent, first)
+    chains.admitted(FALLBACK, parent)
+    chains.refused(FALLBACK, parent, _refusal(BudgetExceeded, "gpt-4o-mini"))
+    chains.refused(PRIMARY, None, _refusal(BudgetExceeded, "x"))
+    chains.refused(None, parent, _refusal(BudgetExceeded, "x"))
+    assert first.candidates == []
+
+
+def test_a_stream_through_fallbacks_tells_each_candidate_too() -> None:
+    guard = BudgetGuard(
+        limit_usd="0.01", fallback=FakeChatModel(model_name="gpt-4o-mini", max_tokens=100_000)
+    )
+    with pytest.raises(BudgetExceeded) as info:
+        list(guard.wrap(_gpt4o(max_tokens=4000)).stream("q"))
+    assert [c.model for c in info.value.candidates] == ["gpt-4o-mini"]

@@ -167,7 +167,8 @@ def _real_errors(tmp_path: Path) -> dict[str, BaseException]:
     primary = FakeChatModel(model_name="gpt-4o", max_tokens=100)
     cheap = FakeChatModel(model_name="gpt-4o-mini", max_tokens=100_000)
     degrading = BudgetGuard(limit_usd="0.0015", fallback=cheap, degrade_at=0.5)
-    out["DegradeRequired"] = _raised(lambda: degrading.wrap(primary).invoke("q"))
+    # the guarded primary alone (the chain would serve it past degrade_at, as it fits the hard cap)
+    out["DegradeRequired"] = _raised(lambda: degrading.wrap(primary).runnable.invoke("q"))  # type: ignore[attr-defined]
     scoped = BudgetGuard(limits=[Limit(requests=2, scope="user:{user_id}")])
     out["MissingScope"] = _raised(lambda: scoped.wrap(FakeChatModel()).invoke("hi"))
     out["UnknownModelPrice"] = _raised(
