@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .units import Quantity, format_quantity
 
@@ -15,6 +15,7 @@ __all__ = [
     "BudgetError",
     "BudgetExceeded",
     "BudgetStoreUnavailable",
+    "CandidateRefusal",
     "ConfigError",
     "DegradeRequired",
     "MissingScope",
@@ -116,11 +117,26 @@ class MissingScope(BudgetError, KeyError):
         return self._msg
 
 
+class CandidateRefusal(NamedTuple):
+    """Why one candidate model (the primary, a fallback) was refused, with fallbacks."""
+
+    role: str  # "primary", "fallback" or "primary, ignoring degrade_at"
+    model: str | None
+    reason: str
+
+
 class BudgetExceeded(BudgetError):
     """A call was refused because its worst case does not fit a limit.
 
     The fields say which limit, in its own unit (USD ``Decimal`` or an ``int``
-    count of tokens or requests).
+    count of tokens or requests). ``input_tokens`` and ``output_tokens`` are
+    what the estimate assumed (the output cap). ``never_fits`` is True when
+    even the minimal form of the call (one output token) is more than the
+    whole limit: waiting will not help. ``retry_after`` is in seconds: short
+    (``RETRY_RESERVED``) when calls in flight hold the budget, the time until
+    the window resets when spent money does, ``None`` when waiting cannot
+    help (a lifetime limit, or a call that never fits). With fallbacks,
+    ``candidates`` says why each model was refused, in the order tried.
     """
 
     def __init__(
@@ -137,6 +153,11 @@ class BudgetExceeded(BudgetError):
         resets_at: datetime | None,
         model: str | None = None,
         note: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        never_fits: bool = False,
+        retry_after: float | None = None,
+        fix: str | None = None,
     ) -> None:
         self.scope = scope
         self.limit = limit
@@ -149,23 +170,43 @@ class BudgetExceeded(BudgetError):
         self.resets_at = resets_at
         self.model = model
         self.note = note
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.never_fits = never_fits
+        self.retry_after = retry_after
+        self.fix = fix
+        self.candidates: list[CandidateRefusal] = []
         super().__init__(self._message())
+
+    def add_candidate(self, candidate: CandidateRefusal) -> None:
+        """Record why another candidate was refused too (the message then says so)."""
+        self.candidates.append(candidate)
+        self.args = (self._message(),)
 
     def _fmt(self, v: Decimal | int) -> str:
         return format_quantity(self.quantity, v)
 
-    def _message(self) -> str:
+    def reason(self) -> str:
+        """This refusal alone, without the other candidates'."""
         window = "lifetime" if self.window == "lifetime" else f"per-{self.window}"
         cap = self.limit.value(self.quantity)
         resets = f", resets {self.resets_at:%Y-%m-%d %H:%M} UTC" if self.resets_at else ""
         who = f"{self.model} call" if self.model else "call"
         note = f" ({self.note})" if self.note else ""
+        never = " It can never fit this limit." if self.never_fits else ""
+        fix = f" {self.fix}" if self.fix else ""
         return (
             f"Budget exceeded for {self.scope}: {window} limit {self._fmt(cap)}, "
             f"spent {self._fmt(self.spent)}, reserved {self._fmt(self.reserved)}, "
             f"this {who} needs up to {self._fmt(self.requested)}; "
-            f"{self._fmt(self.remaining)} left{resets}{note}."
+            f"{self._fmt(self.remaining)} left{resets}{note}.{never}{fix}"
         )
+
+    def _message(self) -> str:
+        text = self.reason()
+        for c in self.candidates:
+            text += f"\nAlso refused, {c.model or 'a model'} ({c.role}): {c.reason}"
+        return text
 
 
 class DegradeRequired(BudgetExceeded):

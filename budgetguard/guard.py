@@ -19,6 +19,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.base import coerce_to_runnable
 
 from .adapter import compose
+from .adapter.candidates import FALLBACK, LAST_FALLBACK, LAST_RESORT, PRIMARY
 from .adapter.enforce import enforcing
 from .adapter.models import guard_runnable
 from .adapter.modes import Pipe, Wrapped
@@ -80,6 +81,7 @@ class BudgetGuard(Runnable[Any, Any]):
         self.fallbacks: tuple[Runnable[Any, Any], ...] = settings.fallbacks
         self.degrade_at = settings.degrade_at
         self.model_hint = settings.model
+        self.engine.note_model(settings.model, None)
         self.runnable = runnable
         self._guarded: Runnable[Any, Any] | None = self.wrap(runnable) if runnable is not None else None
         # Wrapped around a runnable, or piped after a model: the Runnable methods go to one of the two.
@@ -110,6 +112,8 @@ class BudgetGuard(Runnable[Any, Any]):
         A chat model comes back as a chat model (same class, tools and
         structured output intact). With ``fallback=``, it comes back as a
         ``RunnableWithFallbacks`` that degrades to the first fallback that fits.
+        ``degrade_at`` is a soft cap: when no fallback fits, the primary serves
+        if it fits the hard cap (it is tried again last, without the soft cap).
         """
         if not isinstance(runnable, Runnable):
             raise ConfigError(
@@ -118,8 +122,13 @@ class BudgetGuard(Runnable[Any, Any]):
         if not self.fallbacks:
             return guard_runnable(self.engine, runnable, None)
         ppm = None if self.degrade_at is None else round(self.degrade_at * 1_000_000)
-        primary = guard_runnable(self.engine, runnable, ppm)
-        chain = [guard_runnable(self.engine, fb, None) for fb in self.fallbacks]
+        primary = guard_runnable(self.engine, runnable, ppm, PRIMARY)
+        roles = [FALLBACK] * (len(self.fallbacks) - 1) + [FALLBACK if ppm is not None else LAST_FALLBACK]
+        chain = [
+            guard_runnable(self.engine, fb, None, r) for fb, r in zip(self.fallbacks, roles, strict=True)
+        ]
+        if ppm is not None:
+            chain.append(guard_runnable(self.engine, runnable, None, LAST_RESORT))
         return primary.with_fallbacks(chain, exceptions_to_handle=(BudgetExceeded,))
 
     def compose_after(self, left: Runnable[Any, Any]) -> Runnable[Any, Any] | None:

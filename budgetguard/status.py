@@ -8,11 +8,15 @@ from datetime import datetime
 from decimal import Decimal
 
 from .limits import Limit
-from .reservation import CounterState
+from .reservation import Amount, CounterState
 from .units import Quantity, counter_field, format_quantity, to_usd
 from .windows import as_datetime, window_end
 
-__all__ = ["BudgetStatus", "LimitStatus"]
+__all__ = ["MINIMAL_CALL_TOKENS", "BudgetStatus", "LimitStatus"]
+
+#: The minimal call's tokens: a near-empty prompt (8) and one output token.
+MINIMAL_CALL_TOKENS = 9
+_UNPRICED_MINIMAL_CALL = Amount(1, MINIMAL_CALL_TOKENS, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,11 @@ class LimitStatus:
 
     def fmt(self, v: Decimal | int) -> str:
         return format_quantity(self.quantity, v, unit=False)
+
+    def fits(self, amount: Amount) -> bool:
+        """Whether a call of ``amount`` (nano-dollars, tokens, requests) fits this row now."""
+        need = to_usd(amount.nanos) if self.quantity == "usd" else amount.get(counter_field(self.quantity))
+        return need <= self.remaining
 
 
 def row(scope: str, limit: Limit, quantity: Quantity, st: CounterState) -> LimitStatus:
@@ -73,10 +82,15 @@ class BudgetStatus:
     """Every limit that applies to some metadata, one row per limit and quantity.
 
     ``skipped`` names limits whose scope needs metadata that was not given.
+    ``minimal_call`` is the smallest call the guard could admit: one request,
+    ``MINIMAL_CALL_TOKENS`` tokens, and those tokens at the worst rates of the
+    cheapest model the guard knows (the models it wrapped, its fallbacks,
+    ``model=``); 1 nano-dollar when it knows none.
     """
 
     rows: tuple[LimitStatus, ...]
     skipped: tuple[str, ...] = ()
+    minimal_call: Amount = _UNPRICED_MINIMAL_CALL
 
     @property
     def remaining_usd(self) -> Decimal | None:
@@ -85,8 +99,14 @@ class BudgetStatus:
         return min(vals) if vals else None
 
     @property
+    def can_fit_minimal_call(self) -> bool:
+        """Whether the next minimal call (``minimal_call``) fits every limit now."""
+        return all(r.fits(self.minimal_call) for r in self.rows)
+
+    @property
     def exhausted(self) -> bool:
-        return any(r.remaining == 0 for r in self.rows)
+        """True when not even the minimal call fits: every call is refused until something frees."""
+        return not self.can_fit_minimal_call
 
     def for_scope(self, scope: str) -> Sequence[LimitStatus]:
         return [r for r in self.rows if r.scope == scope]

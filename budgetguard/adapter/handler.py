@@ -23,6 +23,8 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
 from ..engine import CallStart, Engine, ModelHint
+from ..errors import BudgetExceeded
+from .candidates import Role, candidates
 from .compat import detection_available, on_async_path
 from .composite import AsyncFanOut, FanOut
 from .logs import quiet_refusals
@@ -52,12 +54,18 @@ class _Core:
     handler's (the same guard on a model and on the chain around it).
     """
 
-    __slots__ = ("engine", "extra_metadata", "generic", "hint", "owner")
+    __slots__ = ("engine", "extra_metadata", "generic", "hint", "owner", "role")
 
     def __init__(
-        self, engine: Engine, hint: ModelHint, extra_metadata: dict[str, Any], owner: object
+        self,
+        engine: Engine,
+        hint: ModelHint,
+        extra_metadata: dict[str, Any],
+        owner: object,
+        role: Role | None = None,
     ) -> None:
         self.engine = engine
+        self.role = role  # the model's place in a fallback chain, if it has one
         self.hint = hint
         self.extra_metadata = extra_metadata
         self.owner = owner
@@ -85,6 +93,12 @@ class _Core:
             kwargs["run_id"], messages, prompts, kwargs.get("invocation_params"), meta, self.hint, self.owner
         )
 
+    def _refused(self, exc: BudgetExceeded, kwargs: dict[str, Any]) -> None:
+        candidates.refused(self.role, kwargs.get("parent_run_id"), exc)
+
+    def _admitted(self, kwargs: dict[str, Any]) -> None:
+        candidates.admitted(self.role, kwargs.get("parent_run_id"))
+
     def _observe(self, token: Any, kwargs: dict[str, Any]) -> None:
         # No I/O, so the async twin counts tokens with this too.
         chunk = kwargs.get("chunk")
@@ -104,14 +118,20 @@ class SyncTwin(_Core):
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], **kwargs: Any
     ) -> None:
-        self._begin(self._call(messages[0], None, kwargs))
+        self._begin(self._call(messages[0], None, kwargs), kwargs)
 
     def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], **kwargs: Any) -> None:
-        self._begin(self._call(None, prompts[:1], kwargs))
+        self._begin(self._call(None, prompts[:1], kwargs), kwargs)
 
-    def _begin(self, call: CallStart | None) -> None:
-        if call is not None:
+    def _begin(self, call: CallStart | None, kwargs: dict[str, Any]) -> None:
+        if call is None:
+            return
+        try:
             self.engine.begin(call)
+        except BudgetExceeded as exc:
+            self._refused(exc, kwargs)
+            raise
+        self._admitted(kwargs)
 
     def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         self._observe(token, kwargs)
@@ -134,14 +154,20 @@ class AsyncTwin(_Core):
     async def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], **kwargs: Any
     ) -> None:
-        await self._begin(self._call(messages[0], None, kwargs))
+        await self._begin(self._call(messages[0], None, kwargs), kwargs)
 
     async def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], **kwargs: Any) -> None:
-        await self._begin(self._call(None, prompts[:1], kwargs))
+        await self._begin(self._call(None, prompts[:1], kwargs), kwargs)
 
-    async def _begin(self, call: CallStart | None) -> None:
-        if call is not None:
+    async def _begin(self, call: CallStart | None, kwargs: dict[str, Any]) -> None:
+        if call is None:
+            return
+        try:
             await self.engine.abegin(call)
+        except BudgetExceeded as exc:
+            self._refused(exc, kwargs)
+            raise
+        self._admitted(kwargs)
 
     async def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         self._observe(token, kwargs)
@@ -204,8 +230,11 @@ class BudgetGuardCallback(BaseCallbackHandler):
 
 
 def guard_callback(
-    engine: Engine, hint: ModelHint | None = None, metadata: Mapping[str, Any] | None = None
+    engine: Engine,
+    hint: ModelHint | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    role: Role | None = None,
 ) -> BudgetGuardCallback:
-    """The handler of one guard: both twins over the same engine, hint and extra metadata."""
-    state = (engine, hint or ModelHint(), dict(metadata or {}), object())
+    """The handler of one guard: both twins over the same engine, hint, extra metadata and role."""
+    state = (engine, hint or ModelHint(), dict(metadata or {}), object(), role)
     return BudgetGuardCallback(SyncTwin(*state), AsyncTwin(*state), blocking=engine.store.blocking)

@@ -18,6 +18,7 @@ from ..engine import Engine, ModelHint
 from ..errors import ConfigError
 from ..estimate import configured_max_output_tokens
 from ..model_names import configured_model_name
+from .candidates import Role
 from .handler import GUARDS_KEY, BudgetGuardCallback, guard_callback
 
 __all__ = ["guard_runnable", "model_hint"]
@@ -61,13 +62,21 @@ def _with_handler(
     return model.model_copy(update=update)
 
 
-def guard_runnable(engine: Engine, runnable: Runnable[Any, Any], soft_ppm: int | None) -> Runnable[Any, Any]:
-    """``runnable`` with the engine's handler on its chat model (or on every model inside it)."""
+def guard_runnable(
+    engine: Engine, runnable: Runnable[Any, Any], soft_ppm: int | None, role: Role | None = None
+) -> Runnable[Any, Any]:
+    """``runnable`` with the engine's handler on its chat model (or on every model inside it).
+
+    ``role``: the model's place in a fallback chain, so a refusal says why each candidate was refused.
+    """
     if isinstance(runnable, BaseLanguageModel):
-        handler = guard_callback(engine, model_hint(runnable, soft_ppm))
+        hint = model_hint(runnable, soft_ppm)
+        engine.note_model(hint.model, hint.provider)
+        handler = guard_callback(engine, hint, role=role)
         return _with_handler(runnable, handler, engine.tag)
     if type(runnable) is RunnableBinding and isinstance(runnable.bound, BaseLanguageModel):
-        return runnable.model_copy(update={"bound": guard_runnable(engine, runnable.bound, soft_ppm)})
+        bound = guard_runnable(engine, runnable.bound, soft_ppm, role)
+        return runnable.model_copy(update={"bound": bound})
     if soft_ppm is not None:
         raise ConfigError(
             "fallback= and degrade_at= work on a chat model; wrap the model inside your chain, "

@@ -23,7 +23,7 @@ from ..limits import Limit
 from ..records import CallRecord
 from ..reservation import Amount
 from ..spool import Spool
-from ..status import BudgetStatus
+from ..status import MINIMAL_CALL_TOKENS, BudgetStatus
 from ..stores.base import Store
 from .config import EngineConfig
 from .drivers import AsyncDriver, DriverState, SyncDriver
@@ -62,6 +62,20 @@ class Engine:
         self._async = AsyncDriver(state)
         self._tasks: set[asyncio.Task[None]] = set()  # closing cancelled calls, in the background
         self.pending.on_abandoned = self._abandoned
+        self._priced = False  # a model was noted: minimal_nanos is its price, not the 1-nano default
+
+    def note_model(self, model: str | None, provider: str | None) -> None:
+        """A model this guard serves: the status's minimal call is priced at the cheapest one's rates."""
+        if not model:
+            return
+        try:
+            rates = self.flows._rates(model, provider)
+        except LookupError:
+            return
+        nanos = max(rates.worst_nanos(MINIMAL_CALL_TOKENS - 1, 1), 1)
+        known = self.flows.minimal_nanos if self._priced else None
+        self.flows.minimal_nanos = nanos if known is None else min(known, nanos)
+        self._priced = True
 
     def plan(self, metadata: Mapping[str, Any], soft_ppm: int | None = None) -> Plan:
         return self.flows.planner.plan(metadata, soft_ppm)

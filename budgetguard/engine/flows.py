@@ -27,7 +27,7 @@ from ..pricing import Rates, resolve_rates, unpriced_rates
 from ..records import CallRecord, Outcome
 from ..reservation import Amount, CounterRef
 from ..spool import encode_release, encode_reserve, encode_settle
-from ..status import BudgetStatus, LimitStatus, row
+from ..status import MINIMAL_CALL_TOKENS, BudgetStatus, LimitStatus, row
 from ..stores.base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest
 from ..units import QUANTITY_NAMES, to_usd
 from ..usage import TokenUsage, audio_unsplit, usage_from_message, usage_from_result
@@ -36,7 +36,7 @@ from .config import EngineConfig
 from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, Plan, Planner
-from .refusals import refusal
+from .refusals import CallShape, refusal
 from .user import UserCallbacks
 
 __all__ = ["Begun", "Flows"]
@@ -79,6 +79,7 @@ class Flows:
         self.user_callbacks = UserCallbacks()
         self._tag = os.urandom(4).hex()
         self._spooled_probes: set[str] = set()
+        self.minimal_nanos = 1  # the minimal call's price (status.py), lowered by Engine.note_model
 
     @property
     def tag(self) -> str:
@@ -138,7 +139,8 @@ class Flows:
             raise
         if result is not None and not result.admitted:
             self.pending.discard(run_id, p)
-            raise refusal(plan, result.states, result.violation, p.amount, p.rates.model)
+            shape = CallShape(p.input_est, p.output_cap, p.rates)
+            raise refusal(plan, result.states, result.violation, p.amount, p.rates.model, shape)
         p.spooled = result is None
         self.pending.reserved(run_id, p)
 
@@ -334,7 +336,7 @@ class Flows:
                 for quantity in QUANTITY_NAMES:
                     if getattr(lim, quantity) is not None:
                         rows.append(row(label, lim, quantity, st))
-        return BudgetStatus(tuple(rows), skipped)
+        return BudgetStatus(tuple(rows), skipped, Amount(self.minimal_nanos, MINIMAL_CALL_TOKENS, 1))
 
 
 _unpriced_served: set[str] = set()

@@ -30,6 +30,7 @@ from budgetguard import (
     MissingScope,
     UnknownModelPrice,
 )
+from budgetguard.errors import CandidateRefusal
 from budgetguard.testing import FakeChatModel
 
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
@@ -64,6 +65,12 @@ def _exceeded(cls: type[BudgetExceeded] = BudgetExceeded, **over: object) -> Bud
     return cls(**fields)  # type: ignore[arg-type]
 
 
+def _with_candidates() -> BudgetExceeded:
+    e = _exceeded(DegradeRequired, note="it would pass degrade_at ($0.50)")
+    e.add_candidate(CandidateRefusal("fallback", "gpt-4o-mini", "its output cap is 100,000 tokens"))
+    return e
+
+
 BUILT: list[tuple[str, BaseException]] = [
     ("BudgetError", BudgetError("something about a budget")),
     ("BudgetExceeded usd", _exceeded()),
@@ -82,6 +89,12 @@ BUILT: list[tuple[str, BaseException]] = [
         ),
     ),
     ("DegradeRequired", _exceeded(DegradeRequired, note="it would pass degrade_at ($0.50)")),
+    (
+        "BudgetExceeded with what it assumed and when to retry",
+        _exceeded(input_tokens=19, output_tokens=16_384, retry_after=1.0, fix="pass max_tokens"),
+    ),
+    ("BudgetExceeded never fits", _exceeded(never_fits=True, input_tokens=10**6, output_tokens=1)),
+    ("BudgetExceeded with candidates", _with_candidates()),
     ("BudgetStoreUnavailable", BudgetStoreUnavailable("redis://127.0.0.1:1/0", ConnectionError("refused"))),
     (
         "BudgetStoreUnavailable not sent",
@@ -154,7 +167,8 @@ def _real_errors(tmp_path: Path) -> dict[str, BaseException]:
     primary = FakeChatModel(model_name="gpt-4o", max_tokens=100)
     cheap = FakeChatModel(model_name="gpt-4o-mini", max_tokens=100_000)
     degrading = BudgetGuard(limit_usd="0.0015", fallback=cheap, degrade_at=0.5)
-    out["DegradeRequired"] = _raised(lambda: degrading.wrap(primary).invoke("q"))
+    # the guarded primary alone (the chain would serve it past degrade_at, as it fits the hard cap)
+    out["DegradeRequired"] = _raised(lambda: degrading.wrap(primary).runnable.invoke("q"))  # type: ignore[attr-defined]
     scoped = BudgetGuard(limits=[Limit(requests=2, scope="user:{user_id}")])
     out["MissingScope"] = _raised(lambda: scoped.wrap(FakeChatModel()).invoke("hi"))
     out["UnknownModelPrice"] = _raised(
