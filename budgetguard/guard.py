@@ -32,6 +32,7 @@ from .records import CallRecord
 from .settings import GuardSettings
 from .status import BudgetStatus
 from .stores import Store
+from .tokencount import InputCounter
 
 __all__ = ["BudgetGuard", "CallRecord"]
 
@@ -63,6 +64,7 @@ class BudgetGuard(Runnable[Any, Any]):
         on_store_error: Literal["closed", "open"] = "closed",
         store_timeout: float = 1.0,
         spool_dir: str | os.PathLike[str] | None = None,
+        token_counter: str | InputCounter | None = None,
     ) -> None:
         # Every keyword argument, by name: GuardSettings has a field for each and checks them in order.
         given = dict(locals())
@@ -75,6 +77,7 @@ class BudgetGuard(Runnable[Any, Any]):
             default_max_output_tokens=settings.default_max_output_tokens,
             on_record=settings.on_record,
             on_store_error=settings.on_store_error,
+            token_counter=settings.token_counter,
         )
         self.engine = Engine(settings.limits, settings.store, config, settings.spool())
         self.fallbacks: tuple[Runnable[Any, Any], ...] = settings.fallbacks

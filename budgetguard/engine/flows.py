@@ -21,7 +21,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
 from ..errors import BudgetStoreUnavailable, UnknownModelPrice
-from ..estimate import estimate_input_tokens, estimate_text_tokens, has_audio_input, max_output_tokens
+from ..estimate import estimate_text_tokens, has_audio_input, max_output_tokens
 from ..model_names import call_model_name, first_name
 from ..pricing import Rates, resolve_rates, unpriced_rates
 from ..records import CallRecord, Outcome
@@ -74,6 +74,7 @@ class Flows:
         self.lease_ttl = config.lease_ttl
         self.default_max_output_tokens = config.default_max_output_tokens
         self.on_record = config.on_record
+        self.count_input = config.token_counter
         self.fail_open = config.on_store_error == "open"
         self.spool_dir = spool_dir  # None: no spool, store faults reach the caller
         self.user_callbacks = UserCallbacks()
@@ -115,7 +116,7 @@ class Flows:
         plan = self.planner.plan(metadata, hint.soft_ppm)
         rates = self._call_rates(model or "", provider, plan)
         if messages is not None:
-            inp = estimate_input_tokens(messages, params.get("tools") or params.get("functions"))
+            inp = self.count_input(messages, params.get("tools") or params.get("functions"), model)
         else:
             inp = 8 + sum(estimate_text_tokens(p) for p in call.prompts or ())
         out = max_output_tokens(params, hint.profile_max, self.default_max_output_tokens)
