@@ -71,11 +71,11 @@ class _Exact:
     """An exact offline BPE count plus the chat-format margin, for one encoding."""
 
     def __init__(self, encoding: str) -> None:
-        encoder = _load(encoding)
-        self._encode: Callable[[str], list[int]] = encoder.encode_ordinary
+        _module()  # a missing bpe-openai is a configuration error, raised at construction
+        self._encoding = encoding  # its vocabulary loads on first use (seconds), once per process
 
     def text(self, text: str) -> int:
-        return len(self._encode(text)) if text else 0
+        return len(_load(self._encoding).encode_ordinary(text)) if text else 0
 
     def _content(self, content: Any) -> int:
         if isinstance(content, str):
@@ -133,15 +133,20 @@ class _Custom:
         return n
 
 
-@cache
-def _load(encoding: str) -> Any:
+def _module() -> Any:
     try:
         import bpe_openai  # type: ignore[import-untyped]
     except ImportError:
         raise ConfigError(
-            f"token_counter={encoding!r} needs bpe-openai: pip install 'budgetguard[tokenizers]'"
+            "token_counter='o200k', 'cl100k' and 'auto' need bpe-openai: "
+            "pip install 'budgetguard[tokenizers]'"
         ) from None
-    return bpe_openai.get_encoding(_ENCODINGS[encoding])
+    return bpe_openai
+
+
+@cache
+def _load(encoding: str) -> Any:
+    return _module().get_encoding(_ENCODINGS[encoding])
 
 
 def resolve_counter(spec: str | InputCounter | None) -> Counter:
