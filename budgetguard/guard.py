@@ -33,6 +33,7 @@ from .records import CallRecord
 from .settings import GuardSettings
 from .status import BudgetStatus
 from .stores import Store
+from .tokencount import InputCounter
 
 __all__ = ["BudgetGuard", "CallRecord"]
 
@@ -64,6 +65,7 @@ class BudgetGuard(Runnable[Any, Any]):
         on_store_error: Literal["closed", "open"] = "closed",
         store_timeout: float = 1.0,
         spool_dir: str | os.PathLike[str] | None = None,
+        token_counter: str | InputCounter | None = None,
     ) -> None:
         # Every keyword argument, by name: GuardSettings has a field for each and checks them in order.
         given = dict(locals())
@@ -76,6 +78,7 @@ class BudgetGuard(Runnable[Any, Any]):
             default_max_output_tokens=settings.default_max_output_tokens,
             on_record=settings.on_record,
             on_store_error=settings.on_store_error,
+            token_counter=settings.token_counter,
         )
         self.engine = Engine(settings.limits, settings.store, config, settings.spool())
         self.fallbacks: tuple[Runnable[Any, Any], ...] = settings.fallbacks

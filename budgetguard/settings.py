@@ -38,6 +38,7 @@ from .pricing import Price
 from .records import CallRecord
 from .spool import Spool, default_spool_dir
 from .stores import Store, store_from_url
+from .tokencount import Counter, InputCounter, resolve_counter
 
 logger = logging.getLogger("budgetguard")
 
@@ -96,6 +97,8 @@ class GuardSettings(BaseModel):
     on_store_error: SkipValidation[Literal["closed", "open"]] = "closed"
     store_timeout: SkipValidation[float] = 1.0
     spool_dir: SkipValidation[str | os.PathLike[str] | None] = None
+    #: a name ("bytes", "o200k", "cl100k", "auto"), a callable or None ("bytes"); a Counter once parsed
+    token_counter: SkipValidation[Counter] = Field(default=None, validate_default=True)
     #: given as a Store, a URL or None ($BUDGETGUARD_STORE, else memory); a Store once parsed
     store: SkipValidation[Store] = Field(default=None, validate_default=True)
 
@@ -170,6 +173,10 @@ class GuardSettings(BaseModel):
                 f"on_store_error must be 'closed' (refuse calls) or 'open' (allow and spool), got {v!r}"
             )
         return v
+
+    @_check("token_counter")
+    def _token_counter(cls, v: str | InputCounter | None) -> Counter:
+        return resolve_counter(v)
 
     @_check("store")
     def _store(cls, v: Store | str | None, info: ValidationInfo) -> Store:

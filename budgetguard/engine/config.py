@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..estimate import DEFAULT_MAX_OUTPUT_TOKENS
 from ..pricing import Price
 from ..records import CallRecord
+from ..tokencount import Counter, bytes_counter
 
 __all__ = ["EngineConfig"]
 
@@ -22,3 +23,4 @@ class EngineConfig:
     default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
     on_record: Callable[[CallRecord], None] | None = None
     on_store_error: str = "closed"  # or "open": let calls through and spool them
+    token_counter: Counter = bytes_counter  # the input bound (``tokencount.resolve_counter``)

@@ -21,7 +21,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
 from ..errors import BudgetStoreUnavailable, UnknownModelPrice
-from ..estimate import estimate_input_tokens, estimate_text_tokens, has_audio_input, max_output_tokens
+from ..estimate import estimate_text_tokens, has_audio_input, max_output_tokens
 from ..model_names import call_model_name, first_name
 from ..pricing import Rates, resolve_rates, unpriced_rates
 from ..records import CallRecord, Outcome
@@ -36,6 +36,7 @@ from .config import EngineConfig
 from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, Plan, Planner
+from .prefixes import InputEstimator
 from .refusals import CallShape, refusal
 from .user import UserCallbacks
 
@@ -74,6 +75,7 @@ class Flows:
         self.lease_ttl = config.lease_ttl
         self.default_max_output_tokens = config.default_max_output_tokens
         self.on_record = config.on_record
+        self.inputs = InputEstimator(config.token_counter)
         self.fail_open = config.on_store_error == "open"
         self.spool_dir = spool_dir  # None: no spool, store faults reach the caller
         self.user_callbacks = UserCallbacks()
@@ -115,8 +117,9 @@ class Flows:
         provider = first_name((metadata.get("ls_provider"), hint.provider))
         plan = self.planner.plan(metadata, hint.soft_ppm)
         rates = self._call_rates(model or "", provider, plan)
+        prefix = None
         if messages is not None:
-            inp = estimate_input_tokens(messages, params.get("tools") or params.get("functions"))
+            inp, prefix = self.inputs.estimate(messages, params, model)
         else:
             inp = 8 + sum(estimate_text_tokens(p) for p in call.prompts or ())
         out = max_output_tokens(params, hint.profile_max, self.default_max_output_tokens)
@@ -124,6 +127,7 @@ class Flows:
         p = Pending(self._new_lease(), plan.refs, plan.labels, amount, rates, provider, inp, out)
         p.owner, p.start, p.task = call.owner, call.event, current_task()
         p.audio_in = messages is not None and has_audio_input(messages)
+        p.prefix = prefix
         if not self.pending.claim(run_id, p):
             return None
         return Begun(run_id, p, plan)
@@ -210,6 +214,7 @@ class Flows:
                 output_audio=usage.output_audio,
                 estimated=True,
             )
+        self.inputs.learn(p.prefix, usage, response)
         return (yield from self._settle(p, usage, served))
 
     def fail(self, run_id: UUID, error: BaseException, owner: object = None) -> Flow[CallRecord | None]:

@@ -54,6 +54,7 @@ class Pending:
     task: asyncio.Task[object] | None = None  # the asyncio task the call began in
     ready: bool = False  # reserved: an end or error may settle it
     audio_in: bool = False  # the prompt carries audio: a reading that does not split it out is charged so
+    prefix: bytes | None = None  # the prompt's fingerprint: its reported input is remembered under it
 
 
 def current_task() -> asyncio.Task[object] | None:

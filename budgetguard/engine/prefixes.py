@@ -1,0 +1,162 @@
+"""Input estimates that reuse what the provider already counted.
+
+A prompt that extends one the provider reported on (a conversation thread,
+an agent loop, a retry) is estimated as that prefix's reported input, plus
+the reported output of its reply when the reply is the next message, plus an
+upper bound (the guard's counter) for only the new messages. The estimate is
+the smaller of that and the counter's bound for the whole prompt.
+
+Prompts are fingerprinted by a chain of hashes, one link per message (its
+type, content, tool calls, name, tool call id and extra fields), started from
+a hash of the model and every invocation parameter that can change the input
+(tools, response format, ...: all but the sampling and output-cap ones), so a
+reported input, which includes the tools and the system prompt, is reused
+only for the same model, tools and parameters. The longest known prefix of
+the message list is used; with none known, the counter's bound. The
+fingerprints live in a per-engine LRU of ``capacity`` entries, under a lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, LLMResult
+
+from ..estimate import PER_MESSAGE
+from ..tokencount import Counter
+from ..usage import TokenUsage
+
+__all__ = ["DEFAULT_CAPACITY", "InputEstimator", "reply_bound"]
+
+DEFAULT_CAPACITY = 1024
+#: Invocation parameters that never change a prompt's input tokens.
+_NOT_INPUT = frozenset(
+    {
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "num_predict",
+        "maxTokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop",
+        "seed",
+        "n",
+        "stream",
+        "stream_usage",
+        "stream_options",
+        "frequency_penalty",
+        "presence_penalty",
+        "logprobs",
+        "top_logprobs",
+        "timeout",
+        "request_timeout",
+        "max_retries",
+    }
+)
+
+
+def _json(part: object) -> bytes:
+    return json.dumps(part, sort_keys=True, default=repr, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def _root(params: Mapping[str, Any], model: str | None) -> bytes:
+    kept = {k: v for k, v in params.items() if k not in _NOT_INPUT}
+    return hashlib.blake2b(b"budgetguard-prefix-v1" + _json([model, kept]), digest_size=16).digest()
+
+
+def _link(parent: bytes, m: BaseMessage) -> bytes:
+    kind = m.type  # a streamed reply is a chunk: the same message once sent back
+    if kind.endswith("MessageChunk"):
+        kind = kind.removesuffix("MessageChunk").lower()
+    h = hashlib.blake2b(parent, digest_size=16)
+    h.update(kind.encode())
+    content = m.content
+    if isinstance(content, str):  # the common case, hashed without a JSON dump
+        h.update(b"\0s")
+        h.update(content.encode("utf-8", "surrogatepass"))
+    else:
+        h.update(b"\0j")
+        h.update(_json(content))
+    calls = m.tool_calls if isinstance(m, AIMessage) else None
+    call_id = m.tool_call_id if isinstance(m, ToolMessage) else None
+    extra = (calls, m.name, call_id, m.additional_kwargs)
+    if any(extra):
+        h.update(b"\0x")
+        h.update(_json(extra))
+    return h.digest()
+
+
+def reply_bound(output_tokens: int) -> int:
+    """An upper bound on a reply's tokens once it is sent back as the next prompt's assistant message.
+
+    The reported output (reasoning included, which is not sent back) plus
+    the message's format margin, and an eighth for a re-tokenization of the
+    sampled text that may split it differently.
+    """
+    return output_tokens + output_tokens // 8 + PER_MESSAGE
+
+
+class InputEstimator:
+    """The guard's counter, and the prefixes the provider has counted (thread-safe, bounded)."""
+
+    __slots__ = ("_known", "_lock", "capacity", "counter")
+
+    def __init__(self, counter: Counter, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.counter = counter
+        self.capacity = capacity
+        self._known: OrderedDict[bytes, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def estimate(
+        self, messages: Sequence[BaseMessage], params: Mapping[str, Any], model: str | None
+    ) -> tuple[int, bytes]:
+        """An upper bound on the prompt's input tokens, and its fingerprint (for ``learn``)."""
+        tools = params.get("tools") or params.get("functions")
+        bound = self.counter(messages, tools, model)
+        chain = [_root(params, model)]
+        for m in messages:
+            chain.append(_link(chain[-1], m))
+        with self._lock:
+            for i in range(len(chain) - 1, 0, -1):
+                known = self._known.get(chain[i])
+                if known is not None:
+                    self._known.move_to_end(chain[i])
+                    break
+            else:
+                return bound, chain[-1]
+        new = self.counter(messages[i:], None, model)  # their own call overhead: a margin
+        return min(bound, known + new), chain[-1]
+
+    def learn(self, key: bytes | None, usage: TokenUsage, response: LLMResult) -> None:
+        """Remember a reported input for a prompt, and (input + reply) for the prompt plus its reply."""
+        if key is None or usage.estimated or usage.cache_hit or usage.input_tokens <= 0:
+            return
+        entries = [(key, usage.input_tokens)]
+        reply = _reply(response)
+        if reply is not None:
+            entries.append((_link(key, reply), usage.input_tokens + reply_bound(usage.output_tokens)))
+        with self._lock:
+            for k, v in entries:
+                self._known[k] = v
+                self._known.move_to_end(k)
+            while len(self._known) > self.capacity:
+                self._known.popitem(last=False)
+
+
+def _reply(response: LLMResult) -> BaseMessage | None:
+    """The one reply a call produced; ``None`` for several (``n`` > 1) or none."""
+    gens = [g for batch in response.generations for g in batch]
+    if len(gens) == 1 and isinstance(gens[0], ChatGeneration):
+        return gens[0].message
+    return None
