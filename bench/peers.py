@@ -42,7 +42,7 @@ from typing import Any
 from langchain_core.callbacks import UsageMetadataCallbackHandler
 from langchain_core.messages import AIMessage
 
-from budgetguard import BudgetExceeded, BudgetGuard, cost
+from budgetguard import BudgetExceeded, BudgetGuard, CallRecord, cost
 from budgetguard.stores.redis import RedisStore
 from budgetguard.testing import FakeChatModel
 
@@ -84,6 +84,7 @@ def fits(budget: Decimal) -> int:
 class Outcome:
     admitted: int
     spent: Decimal
+    ratio: float = 0.0  # budgetguard only: median reserved / actual cost over admitted calls
 
     def overspend_pct(self, budget: Decimal) -> float:
         return float(max(self.spent - budget, Decimal(0)) / budget * 100)
@@ -92,8 +93,8 @@ class Outcome:
         return float(self.spent / budget * 100)
 
 
-def race(attempt: Callable[[], bool], callers: int) -> int:
-    """``callers`` threads each call ``attempt()`` until it returns False; the calls admitted."""
+def race(attempt: Callable[[], bool], callers: int, once: bool = False) -> int:
+    """``callers`` threads each call ``attempt()`` until it returns False (or once); the calls admitted."""
     barrier = threading.Barrier(callers)
     admitted = [0] * callers
     errors: list[BaseException] = []
@@ -101,7 +102,8 @@ def race(attempt: Callable[[], bool], callers: int) -> int:
     def worker(i: int) -> None:
         barrier.wait()
         try:
-            while admitted[i] < MAX_CALLS_PER_THREAD and attempt():
+            limit = 1 if once else MAX_CALLS_PER_THREAD
+            while admitted[i] < limit and attempt():
                 admitted[i] += 1
         except BaseException as exc:  # reported, not swallowed
             errors.append(exc)
@@ -116,7 +118,7 @@ def race(attempt: Callable[[], bool], callers: int) -> int:
     return sum(admitted)
 
 
-def run_tracking(budget: Decimal, callers: int) -> Outcome:
+def run_tracking(budget: Decimal, callers: int, once: bool = False) -> Outcome:
     handler = UsageMetadataCallbackHandler()
     llm = fake().model_copy(update={"callbacks": [handler]})
 
@@ -129,12 +131,13 @@ def run_tracking(budget: Decimal, callers: int) -> Outcome:
         llm.invoke(PROMPT)
         return True
 
-    admitted = race(attempt, callers)
+    admitted = race(attempt, callers, once)
     return Outcome(admitted, tracked())
 
 
-def run_budgetguard(budget: Decimal, callers: int, store: Any = None) -> Outcome:
-    guard = BudgetGuard(limit_usd=budget, store=store)
+def run_budgetguard(budget: Decimal, callers: int, store: Any = None, once: bool = False) -> Outcome:
+    records: list[CallRecord] = []
+    guard = BudgetGuard(limit_usd=budget, store=store, on_record=records.append)
     llm = guard.wrap(fake())
 
     def attempt() -> bool:
@@ -144,9 +147,10 @@ def run_budgetguard(budget: Decimal, callers: int, store: Any = None) -> Outcome
             return False
         return True
 
-    admitted = race(attempt, callers)
+    admitted = race(attempt, callers, once)
     spent = sum((Decimal(r.spent) for r in guard.remaining().rows if r.quantity == "usd"), Decimal(0))
-    return Outcome(admitted, spent)
+    ratio = statistics.median(float(r.reserved_usd / r.cost_usd) for r in records) if records else 0.0
+    return Outcome(admitted, spent, ratio)
 
 
 def litellm_budget_manager() -> tuple[Any, Any] | str:
@@ -179,7 +183,7 @@ def in_temp_dir() -> Iterator[None]:
             os.chdir(old)
 
 
-def run_litellm(budget: Decimal, callers: int, classes: tuple[Any, Any]) -> Outcome:
+def run_litellm(budget: Decimal, callers: int, classes: tuple[Any, Any], once: bool = False) -> Outcome:
     budget_manager_cls, model_response_cls = classes
     user = f"bench-{secrets.token_hex(4)}"
     with in_temp_dir():
@@ -206,7 +210,7 @@ def run_litellm(budget: Decimal, callers: int, classes: tuple[Any, Any]) -> Outc
             manager.update_cost(completion_obj=response, user=user)
             return True
 
-        admitted = race(attempt, callers)
+        admitted = race(attempt, callers, once)
         spent = Decimal(str(manager.get_current_cost(user)))
     return Outcome(admitted, spent)
 
@@ -224,23 +228,24 @@ def run(url: str | None, reps: int, callers: int, own: bool) -> None:
         stores.append(s)
         return s
 
-    peers: dict[str, Callable[[], Outcome] | str] = {
-        "UsageMetadataCallbackHandler (tracks only)": lambda: run_tracking(BUDGET, callers),
-        "budgetguard, memory store": lambda: run_budgetguard(BUDGET, callers),
-        "budgetguard, Redis store": lambda: run_budgetguard(BUDGET, callers, redis_store()),
+    peers: dict[str, Callable[[bool], Outcome] | str] = {
+        "UsageMetadataCallbackHandler (tracks only)": lambda once: run_tracking(BUDGET, callers, once),
+        "budgetguard, memory store": lambda once: run_budgetguard(BUDGET, callers, once=once),
+        "budgetguard, Redis store": lambda once: run_budgetguard(BUDGET, callers, redis_store(), once),
     }
     lite = litellm_budget_manager()
     peers["LiteLLM BudgetManager (projected check)"] = (
-        lite if isinstance(lite, str) else (lambda: run_litellm(BUDGET, callers, lite))
+        lite if isinstance(lite, str) else (lambda once: run_litellm(BUDGET, callers, lite, once))
     )
 
-    n_fit = min(fits(BUDGET), callers * MAX_CALLS_PER_THREAD)
-    results: dict[str, list[Outcome]] = {name: [] for name in peers}
+    modes = {True: "one call per thread", False: "each thread loops until refused"}
+    results: dict[tuple[bool, str], list[Outcome]] = {(m, n): [] for m in modes for n in peers}
     try:
         for _ in range(reps):
-            for name, fn in peers.items():
-                if not isinstance(fn, str):
-                    results[name].append(fn())
+            for once in modes:
+                for name, fn in peers.items():
+                    if not isinstance(fn, str):
+                        results[once, name].append(fn(once))
     finally:
         if url is not None and not own:
             import redis
@@ -255,35 +260,38 @@ def run(url: str | None, reps: int, callers: int, own: bool) -> None:
 
     print(
         f"{callers} threads racing on one ${BUDGET} budget; each call ${call_cost()} "
-        f"({LATENCY * 1000:g} ms latency), so {n_fit} fit; {reps} repetitions"
+        f"({LATENCY * 1000:g} ms latency), so {fits(BUDGET)} fit; {reps} repetitions"
         + (f"; Redis at {url} ({'started by this script' if own else 'existing server'})" if url else "")
     )
-    print()
-    head = (
-        f"{'peer':<44} {'overspend % worst':>17} {'median':>7} "
-        f"{'utilization % worst':>19} {'median':>7} {'admitted/fit worst':>18} {'median':>7}"
-    )
-    print(head)
-    for name, fn in peers.items():
-        if isinstance(fn, str):
-            print(f"{name:<44} {fn}")
-            continue
-        outs = results[name]
-        over = [o.overspend_pct(BUDGET) for o in outs]
-        util = [o.utilization_pct(BUDGET) for o in outs]
-        adm = [o.admitted for o in outs]
-        # worst: the most overspend; the least utilization; admitted furthest from what fits
-        worst_adm = max(adm, key=lambda a: abs(a - n_fit))
+    for once, mode in modes.items():
+        n_fit = min(fits(BUDGET), callers if once else callers * MAX_CALLS_PER_THREAD)
+        print()
         print(
-            f"{name:<44} {max(over):>17.1f} {statistics.median(over):>7.1f} "
-            f"{min(util):>19.1f} {statistics.median(util):>7.1f} "
-            f"{f'{worst_adm}/{n_fit}':>18} {f'{statistics.median(adm):g}/{n_fit}':>7}"
+            f"{mode + ':':<44} {'overspend % worst':>17} {'median':>7} "
+            f"{'utilization % worst':>19} {'median':>7} {'admitted/fit worst':>18} {'median':>7}"
         )
+        for name, fn in peers.items():
+            if isinstance(fn, str):
+                print(f"{name:<44} {fn}")
+                continue
+            outs = results[once, name]
+            over = [o.overspend_pct(BUDGET) for o in outs]
+            util = [o.utilization_pct(BUDGET) for o in outs]
+            adm = [o.admitted for o in outs]
+            # worst: the most overspend; the least utilization; admitted furthest from what fits
+            worst_adm = max(adm, key=lambda a: abs(a - n_fit))
+            print(
+                f"{name:<44} {max(over):>17.1f} {statistics.median(over):>7.1f} "
+                f"{min(util):>19.1f} {statistics.median(util):>7.1f} "
+                f"{f'{worst_adm}/{n_fit}':>18} {f'{statistics.median(adm):g}/{n_fit}':>7}"
+            )
     print()
     print(
         "overspend = spent over the budget; utilization = share of the budget spent "
-        "(over 100% is overspend);\nadmitted/fit = calls that went out of the "
-        f"{n_fit} whose real cost fits the budget (more than fit means overspend)."
+        "(over 100% is overspend);\nadmitted/fit = calls that went out, of those whose real cost "
+        "fits the budget (more than fit means overspend).\nThe tracking handler cannot refuse: the app "
+        "checks its tracked spend before each call. LiteLLM: projected_cost() <= budget before, "
+        "update_cost() after."
     )
 
 

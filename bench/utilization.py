@@ -19,7 +19,9 @@ bytes, fixed-ish output. The workloads:
   budget, ``Limit(usd=..., scope="run:{run_id}")`` with ``metadata={"run_id": ...}``,
   no ``max_tokens``, at several budgets;
 - 16 concurrent callers (threads) on one $0.001 budget, the race of
-  ``bench/peers.py``, over ``--reps`` repetitions (median and worst).
+  ``bench/peers.py`` (16 calls fit), with one call per thread and with each
+  thread looping until refused, over ``--reps`` repetitions (median, then the
+  lowest as "worst").
 
 No timing is asserted. Run: ``python bench/utilization.py [--reps N]``.
 """
@@ -278,22 +280,27 @@ def main() -> None:
     budget, callers = peers.BUDGET, peers.CALLERS
     n_fit = peers.fits(budget)
     physical = float(n_fit * peers.call_cost() / budget * 100)
-    outs = [peers.run_budgetguard(budget, callers) for _ in range(args.reps)]
-    utils = sorted(o.utilization_pct(budget) for o in outs)
-    adm = sorted(o.admitted for o in outs)
-    name = f"{callers} concurrent callers (threads), median"
-    shown = ((name, statistics.median(utils), statistics.median(adm)), ("  worst", utils[0], adm[0]))
-    for label, u, a in shown:
-        print(
-            f"{label:<44} {'$' + str(budget):>8} {f'{a:g}/{n_fit}':>6} {u:>10.1f}% {physical:>8.1f}% "
-            f"{physical - u:>8.1f} {'':>14}  {GOAL_TEXT['95']:<24} {verdict('95', u, physical)}"
+    for once, mode in ((True, "1 call each"), (False, "looping")):
+        outs = [peers.run_budgetguard(budget, callers, once=once) for _ in range(args.reps)]
+        utils = sorted(o.utilization_pct(budget) for o in outs)
+        adm = sorted(o.admitted for o in outs)
+        name = f"{callers} concurrent callers, {mode}, median"
+        ratio = statistics.median(o.ratio for o in outs)
+        shown = (
+            (name, statistics.median(utils), statistics.median(adm)),
+            ("  worst", utils[0], adm[0]),
         )
+        for label, u, a in shown:
+            print(
+                f"{label:<44} {'$' + str(budget):>8} {f'{a:g}/{n_fit}':>6} {u:>10.1f}% {physical:>8.1f}% "
+                f"{physical - u:>8.1f} {ratio:>13.2f}x  {GOAL_TEXT['95']:<24} {verdict('95', u, physical)}"
+            )
     print()
     print(
         "utilization: % of the budget spent when refusals began; physical: what a guard knowing each "
         "call's exact\ninput and output could spend on the same calls (capping the last answer); gap: "
         f"physical minus utilization;\nreserve/actual: median reservation over actual cost per admitted "
-        f"call; calls: calls admitted ({args.reps} race repetitions)."
+        f"call; calls: calls admitted ({args.reps} race repetitions,\nof those that fit)."
     )
 
 
