@@ -67,9 +67,23 @@ def _json(part: object) -> bytes:
     return json.dumps(part, sort_keys=True, default=repr, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
+_ROOTS: dict[tuple[object, ...], bytes] = {}  # the params of most calls repeat: their digest, by value
+
+
 def _root(params: Mapping[str, Any], model: str | None) -> bytes:
     kept = {k: v for k, v in params.items() if k not in _NOT_INPUT}
-    return hashlib.blake2b(b"budgetguard-prefix-v1" + _json([model, kept]), digest_size=16).digest()
+    try:
+        key: tuple[object, ...] | None = (model, *sorted((k, type(v).__name__, v) for k, v in kept.items()))
+        digest = _ROOTS.get(key)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable value (a list of tools...): digest it each time
+        key = digest = None
+    if digest is None:
+        digest = hashlib.blake2b(b"budgetguard-prefix-v1" + _json([model, kept]), digest_size=16).digest()
+        if key is not None:
+            if len(_ROOTS) >= 4096:
+                _ROOTS.clear()
+            _ROOTS[key] = digest
+    return digest
 
 
 def _link(parent: bytes, m: BaseMessage) -> bytes:
