@@ -24,7 +24,7 @@ from .adapter.models import guard_runnable
 from .adapter.modes import Pipe, Wrapped
 from .engine import Engine, EngineConfig
 from .errors import BudgetExceeded, ConfigError
-from .estimate import DEFAULT_MAX_OUTPUT_TOKENS
+from .estimate import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_MIN_OUTPUT_TOKENS
 from .health import Health, acheck, check
 from .limits import Limit
 from .pricing import Price
@@ -58,6 +58,8 @@ class BudgetGuard(Runnable[Any, Any]):
         default_price: Price | None = None,
         lease_ttl: float = 600.0,
         default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
+        fit_max_tokens: bool = True,
+        min_output_tokens: int = DEFAULT_MIN_OUTPUT_TOKENS,
         model: str | None = None,
         on_record: Callable[[CallRecord], None] | None = None,
         on_store_error: Literal["closed", "open"] = "closed",
@@ -73,6 +75,8 @@ class BudgetGuard(Runnable[Any, Any]):
             default_price=settings.default_price,
             lease_ttl=float(settings.lease_ttl),
             default_max_output_tokens=settings.default_max_output_tokens,
+            fit_max_tokens=settings.fit_max_tokens,
+            min_output_tokens=settings.min_output_tokens,
             on_record=settings.on_record,
             on_store_error=settings.on_store_error,
         )
@@ -118,8 +122,10 @@ class BudgetGuard(Runnable[Any, Any]):
         if not self.fallbacks:
             return guard_runnable(self.engine, runnable, None)
         ppm = None if self.degrade_at is None else round(self.degrade_at * 1_000_000)
-        primary = guard_runnable(self.engine, runnable, ppm)
-        chain = [guard_runnable(self.engine, fb, None) for fb in self.fallbacks]
+        # Fitting an output cap is the last resort before a refusal: only the last fallback is fitted.
+        primary = guard_runnable(self.engine, runnable, ppm, fit=False)
+        last = len(self.fallbacks) - 1
+        chain = [guard_runnable(self.engine, fb, None, fit=i == last) for i, fb in enumerate(self.fallbacks)]
         return primary.with_fallbacks(chain, exceptions_to_handle=(BudgetExceeded,))
 
     def compose_after(self, left: Runnable[Any, Any]) -> Runnable[Any, Any] | None:

@@ -202,6 +202,11 @@ class BudgetGuardCallback(BaseCallbackHandler):
             for name in EVENTS:
                 setattr(self, name, getattr(sync_twin, name))
 
+    def fitted_cap(self, run_id: UUID | None) -> int | None:
+        """The output cap this handler's call ``run_id`` was fitted to (``adapter/fit.py`` sends it)."""
+        twin = self.sync_twin
+        return twin.engine.fitted_cap(run_id, twin.owner) if isinstance(twin, SyncTwin) else None
+
 
 def guard_callback(
     engine: Engine, hint: ModelHint | None = None, metadata: Mapping[str, Any] | None = None

@@ -93,6 +93,10 @@ class Engine:
             self._background(self.flows.withdraw(begun))
             raise
 
+    def fitted_cap(self, run_id: UUID | None, owner: object) -> int | None:
+        """The output cap this owner's call was fitted to, if it was (``PendingRuns.fitted``)."""
+        return self.pending.fitted(run_id, owner)
+
     def observe(
         self, run_id: UUID, chunk_message: BaseMessage | None, text: str, owner: object = None
     ) -> None:

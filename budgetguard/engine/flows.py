@@ -33,6 +33,7 @@ from ..units import QUANTITY_NAMES, to_usd
 from ..usage import TokenUsage, audio_unsplit, usage_from_message, usage_from_result
 from . import ops
 from .config import EngineConfig
+from .fit import affordable_output
 from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, Plan, Planner
@@ -73,6 +74,8 @@ class Flows:
         self.default_price = config.default_price
         self.lease_ttl = config.lease_ttl
         self.default_max_output_tokens = config.default_max_output_tokens
+        self.fit_max_tokens = config.fit_max_tokens
+        self.min_output = config.min_output_tokens
         self.on_record = config.on_record
         self.fail_open = config.on_store_error == "open"
         self.spool_dir = spool_dir  # None: no spool, store faults reach the caller
@@ -123,6 +126,7 @@ class Flows:
         p = Pending(self._new_lease(), plan.refs, plan.labels, amount, rates, provider, inp, out)
         p.owner, p.start, p.task = call.owner, call.event, current_task()
         p.audio_in = messages is not None and has_audio_input(messages)
+        p.fit = hint.fit and self.fit_max_tokens
         if not self.pending.claim(run_id, p):
             return None
         return Begun(run_id, p, plan)
@@ -133,6 +137,8 @@ class Flows:
         req = ReserveRequest(p.lease_id, plan.specs, p.amount, self.lease_ttl)
         try:
             result = yield from self._reserve_or_spool(req, plan.refs)
+            if result is not None and not result.admitted and p.fit:
+                result = yield from self._fit(begun, result)
         except BaseException:  # a store fault, or the flow closed unfinished: never left pending
             self.pending.discard(run_id, p)
             raise
@@ -141,6 +147,22 @@ class Flows:
             raise refusal(plan, result.states, result.violation, p.amount, p.rates.model)
         p.spooled = result is None
         self.pending.reserved(run_id, p)
+
+    def _fit(self, begun: Begun, refused: ReserveResult) -> Flow[ReserveResult | None]:
+        """Reserve again with the output cap lowered to what the budget affords, if that is enough."""
+        _, p, plan = begun
+        cap = affordable_output(
+            plan.specs, refused.states, refused.violation, p.rates, p.input_est, p.output_cap, self.min_output
+        )
+        if cap is None:
+            return refused
+        amount = Amount(p.rates.worst_nanos(p.input_est, cap), p.input_est + cap, 1)
+        req = ReserveRequest(p.lease_id, plan.specs, amount, self.lease_ttl)
+        result = yield from self._reserve_or_spool(req, plan.refs)
+        if result is None or result.admitted:
+            p.amount, p.output_cap = amount, cap
+            self.pending.fit(p, cap)
+        return result
 
     def withdraw(self, begun: Begun) -> Flow[None]:
         """A call cancelled while it reserved never reached the model: release what may have landed.
@@ -305,6 +327,7 @@ class Flows:
             reserved_usd=to_usd(p.amount.nanos),
             scopes=p.labels,
             outcome=outcome,
+            output_cap_fitted=p.fitted,
         )
         if debug:
             logger.debug("budgetguard: %s", rec)

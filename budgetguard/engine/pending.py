@@ -54,6 +54,8 @@ class Pending:
     task: asyncio.Task[object] | None = None  # the asyncio task the call began in
     ready: bool = False  # reserved: an end or error may settle it
     audio_in: bool = False  # the prompt carries audio: a reading that does not split it out is charged so
+    fit: bool = False  # the model sends a fitted output cap (``fit_max_tokens``): a refusal may fit
+    fitted: int | None = None  # the output cap the call was lowered to, to be sent as its max tokens
 
 
 def current_task() -> asyncio.Task[object] | None:
@@ -67,11 +69,12 @@ def current_task() -> asyncio.Task[object] | None:
 class PendingRuns:
     """Thread-safe run id -> calls in flight with that run id."""
 
-    __slots__ = ("_lock", "_runs", "_tasks", "on_abandoned")
+    __slots__ = ("_fits", "_lock", "_runs", "_tasks", "on_abandoned")
 
     def __init__(self) -> None:
         self._runs: dict[UUID, list[Pending]] = {}
         self._tasks: dict[asyncio.Task[object], list[tuple[UUID, Pending]]] = {}
+        self._fits: list[Pending] = []  # the calls in flight with a fitted cap
         self._lock = threading.Lock()
         self.on_abandoned: Callable[[UUID, Pending], None] | None = None
 
@@ -123,6 +126,26 @@ class PendingRuns:
                 self._remove(run_id, p)
             return p
 
+    def fitted(self, run_id: UUID | None, owner: object) -> int | None:
+        """The output cap the owner's call was fitted to: the call ``run_id``, else the one begun here.
+
+        A stream's ``_stream`` gets no run manager: the call is the last one
+        begun in this context, as the start event's handler ran in it.
+        """
+        with self._lock:
+            if run_id is not None:
+                p = self._find(run_id, owner)
+            else:
+                began = _began.get()
+                p = next((c for c in self._fits if c.lease_id == began and c.owner is owner), None)
+            return None if p is None else p.fitted
+
+    def fit(self, pending: Pending, cap: int) -> None:
+        """The call was reserved at a lowered output cap, which its model must send."""
+        with self._lock:
+            pending.fitted = cap
+            self._fits.append(pending)
+
     def discard(self, run_id: UUID, pending: Pending) -> bool:
         """Remove this very call; False if an end or error has already taken it."""
         with self._lock:
@@ -164,6 +187,8 @@ class PendingRuns:
         return calls[0] if calls else None
 
     def _remove(self, run_id: UUID, pending: Pending) -> None:
+        if pending.fitted is not None:
+            self._fits[:] = [p for p in self._fits if p is not pending]
         calls = self._runs[run_id]
         calls[:] = [p for p in calls if p is not pending]
         if not calls:

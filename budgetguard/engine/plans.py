@@ -29,6 +29,7 @@ class ModelHint:
     provider: str | None = None
     profile_max: int | None = None
     soft_ppm: int | None = None  # degrade threshold, only on a primary with fallbacks
+    fit: bool = False  # the model sends a fitted output cap (wrapped, with a cap field)
 
 
 @dataclass(frozen=True, slots=True)

@@ -319,7 +319,8 @@ def test_degrade_at_switches_then_refuses_when_nothing_fits() -> None:
 def test_degrade_signal_is_a_budget_exceeded() -> None:
     primary = FakeChatModel(model_name="gpt-4o", max_tokens=100)
     cheap = FakeChatModel(model_name="gpt-4o-mini", max_tokens=100_000)
-    guard = BudgetGuard(limit_usd="0.0015", fallback=cheap, degrade_at=0.5)
+    # fit_max_tokens=False: fitted, the fallback would serve with its cap lowered
+    guard = BudgetGuard(limit_usd="0.0015", fallback=cheap, degrade_at=0.5, fit_max_tokens=False)
     with pytest.raises(DegradeRequired) as info:
         guard.wrap(primary).invoke("q")  # primary passes 50%, the fallback's worst case does not fit
     assert "degrade_at" in str(info.value)
@@ -540,8 +541,13 @@ async def test_asyncio_never_admits_more_than_fits_in_usd() -> None:
     (row,) = guard.remaining().rows
     assert row.spent <= Decimal("0.05") and row.reserved == 0
     assert sum(results) == llm_raw.calls.count == len(records)
-    # each call's worst case is ~$0.01: four fit, the fifth would pass $0.05
-    assert sum(results) == 4
+    # each call's worst case is ~$0.01: four fit, the fifth is sent with its cap fitted to what is left
+    assert sum(results) == 5
+    assert [r.output_cap_fitted for r in records].count(None) == 4
+    (fitted,) = [r for r in records if r.output_cap_fitted is not None]
+    assert (
+        fitted.usage.output_tokens == fitted.output_cap_fitted == 980
+    )  # ($0.05 - 4 x $0.01004 - $0.00004) / $10/M
 
 
 # ------------------------------------------------------------------ configuration

@@ -153,7 +153,7 @@ def _real_errors(tmp_path: Path) -> dict[str, BaseException]:
     )
     primary = FakeChatModel(model_name="gpt-4o", max_tokens=100)
     cheap = FakeChatModel(model_name="gpt-4o-mini", max_tokens=100_000)
-    degrading = BudgetGuard(limit_usd="0.0015", fallback=cheap, degrade_at=0.5)
+    degrading = BudgetGuard(limit_usd="0.0015", fallback=cheap, degrade_at=0.5, fit_max_tokens=False)
     out["DegradeRequired"] = _raised(lambda: degrading.wrap(primary).invoke("q"))
     scoped = BudgetGuard(limits=[Limit(requests=2, scope="user:{user_id}")])
     out["MissingScope"] = _raised(lambda: scoped.wrap(FakeChatModel()).invoke("hi"))
