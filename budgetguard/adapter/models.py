@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..estimate import configured_max_output_tokens
 from ..model_names import configured_model_name
 from .compat import detection_available
-from .fit import fitting_class
+from .fit import cap_field, fitting_class
 from .handler import GUARDS_KEY, BudgetGuardCallback, guard_callback
 
 __all__ = ["guard_runnable", "model_hint"]
@@ -75,11 +75,12 @@ def guard_runnable(
     """
     if isinstance(runnable, BaseLanguageModel):
         fitting = None
-        # A handler run inline (in the caller's context) is what lets the model find its call's cap.
+        # A handler run inline (in the caller's context) is what lets the model find its call.
         inline = not engine.store.blocking or detection_available()
-        if fit and inline and engine.flows.fit_max_tokens and isinstance(runnable, BaseChatModel):
+        if inline and isinstance(runnable, BaseChatModel):
             fitting = fitting_class(type(runnable))
-        handler = guard_callback(engine, model_hint(runnable, soft_ppm, fitting is not None))
+        fits = fitting is not None and fit and engine.flows.fit_max_tokens and cap_field(fitting) is not None
+        handler = guard_callback(engine, model_hint(runnable, soft_ppm, fits))
         return _with_handler(runnable, handler, engine.tag, fitting)
     if type(runnable) is RunnableBinding and isinstance(runnable.bound, BaseLanguageModel):
         bound = guard_runnable(engine, runnable.bound, soft_ppm, fit)

@@ -164,6 +164,22 @@ class Flows:
             self.pending.fit(p, cap)
         return result
 
+    def defer(self, begun: Begun, call: CallStart) -> bool:
+        """Leave a call LangChain's cache will answer unreserved (no I/O); False to reserve it now."""
+        if not call.deferred:
+            return False
+        begun.pending.deferred = begun
+        begun.pending.ready = True  # its end (the cache's answer) closes it, with nothing to settle
+        return True
+
+    def undefer(self, run_id: UUID | None, owner: object) -> Begun | None:
+        """The call left to the cache, if the model is called for it after all: to reserve now."""
+        p = self.pending.here(run_id, owner)
+        if p is None or not isinstance(p.deferred, Begun):
+            return None
+        begun, p.deferred, p.ready = p.deferred, None, False
+        return begun
+
     def withdraw(self, begun: Begun) -> Flow[None]:
         """A call cancelled while it reserved never reached the model: release what may have landed.
 
@@ -214,6 +230,9 @@ class Flows:
         if p is None:
             return None
         usage, served = usage_from_result(response)
+        if p.deferred is not None:  # the model was never called (it reserves first): the cache answered
+            p.amount = Amount()
+            return self._emit(p, usage or TokenUsage(), 0, "cache_hit", p.rates.model)
         if usage is None:
             usage = p.partial
         if usage is None:
@@ -234,7 +253,7 @@ class Flows:
 
     def fail(self, run_id: UUID, error: BaseException, owner: object = None) -> Flow[CallRecord | None]:
         p = self.pending.pop(run_id, owner)
-        if p is None:
+        if p is None or p.deferred is not None:  # nothing reserved, nothing sent
             return None
         if p.chunks == 0 and not isinstance(error, _WALKED_AWAY):
             yield from self._release(p)
@@ -248,6 +267,8 @@ class Flows:
         after its reservation: what was seen, and the worst case for what was
         not (input estimate, output cap), since the provider may have billed it.
         """
+        if p.deferred is not None:  # left to the cache, never reserved nor sent
+            return None
         seen = p.partial or TokenUsage()
         usage = TokenUsage(
             input_tokens=max(seen.input_tokens, p.input_est if seen.input_tokens == 0 else 0),

@@ -56,6 +56,7 @@ class Pending:
     audio_in: bool = False  # the prompt carries audio: a reading that does not split it out is charged so
     fit: bool = False  # the model sends a fitted output cap (``fit_max_tokens``): a refusal may fit
     fitted: int | None = None  # the output cap the call was lowered to, to be sent as its max tokens
+    deferred: object = None  # unreserved, for the cache to answer: what to reserve if the model is called
 
 
 def current_task() -> asyncio.Task[object] | None:
@@ -139,6 +140,22 @@ class PendingRuns:
                 began = _began.get()
                 p = next((c for c in self._fits if c.lease_id == began and c.owner is owner), None)
             return None if p is None else p.fitted
+
+    def here(self, run_id: UUID | None, owner: object) -> Pending | None:
+        """The owner's call ``run_id``; without a run id (a stream), the one begun in this context."""
+        with self._lock:
+            if run_id is not None:
+                return self._find(run_id, owner)
+            began = _began.get()
+            return next(
+                (
+                    p
+                    for calls in self._runs.values()
+                    for p in calls
+                    if p.lease_id == began and p.owner is owner
+                ),
+                None,
+            )
 
     def fit(self, pending: Pending, cap: int) -> None:
         """The call was reserved at a lowered output cap, which its model must send."""

@@ -43,6 +43,7 @@ class CallStart:
     metadata: Mapping[str, Any]
     hint: ModelHint
     owner: object = None  # the handler delivering it: only its end or error will settle the call
+    deferred: bool = False  # LangChain's cache will answer: reserve nothing unless the model is called
 
     @property
     def event(self) -> object:

@@ -100,7 +100,7 @@ def test_fit_max_tokens_false_refuses_as_before(mock: respx.MockRouter) -> None:
     with pytest.raises(BudgetExceeded):
         llm.invoke("Hello")
     assert route.call_count == 0
-    assert type(llm) is ChatOpenAI  # nothing fitted: the model class is left alone
+    assert isinstance(llm, ChatOpenAI)
 
 
 def test_a_call_that_fits_is_sent_unchanged(mock: respx.MockRouter) -> None:
