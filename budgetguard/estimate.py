@@ -29,6 +29,7 @@ PER_MESSAGE = 6  # role markers and separators
 PER_CALL = 8
 PER_IMAGE = 1_600  # a high-detail 1024x1024 image is about 765 tokens on OpenAI, 1,600 on Anthropic
 DEFAULT_MAX_OUTPUT_TOKENS = 4_096
+DEFAULT_MIN_OUTPUT_TOKENS = 256
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -71,6 +72,7 @@ def estimate_input_tokens(messages: Sequence[BaseMessage], tools: Any = None) ->
 
 
 _MAX_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "num_predict", "maxTokens")
+CAP_KEYS = _MAX_KEYS  #: the names a provider gives its output cap (adapter/fit.py sends a fitted one)
 _AUDIO_KINDS = ("audio", "input_audio")
 
 

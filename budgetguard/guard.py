@@ -25,7 +25,7 @@ from .adapter.models import guard_runnable
 from .adapter.modes import Pipe, Wrapped
 from .engine import Engine, EngineConfig
 from .errors import BudgetExceeded, ConfigError
-from .estimate import DEFAULT_MAX_OUTPUT_TOKENS
+from .estimate import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_MIN_OUTPUT_TOKENS
 from .health import Health, acheck, check
 from .limits import Limit
 from .pricing import Price
@@ -60,6 +60,8 @@ class BudgetGuard(Runnable[Any, Any]):
         default_price: Price | None = None,
         lease_ttl: float = 600.0,
         default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
+        fit_max_tokens: bool = True,
+        min_output_tokens: int = DEFAULT_MIN_OUTPUT_TOKENS,
         model: str | None = None,
         on_record: Callable[[CallRecord], None] | None = None,
         on_store_error: Literal["closed", "open"] = "closed",
@@ -76,6 +78,8 @@ class BudgetGuard(Runnable[Any, Any]):
             default_price=settings.default_price,
             lease_ttl=float(settings.lease_ttl),
             default_max_output_tokens=settings.default_max_output_tokens,
+            fit_max_tokens=settings.fit_max_tokens,
+            min_output_tokens=settings.min_output_tokens,
             on_record=settings.on_record,
             on_store_error=settings.on_store_error,
             token_counter=settings.token_counter,
@@ -112,7 +116,7 @@ class BudgetGuard(Runnable[Any, Any]):
     def wrap(self, runnable: Runnable[Any, Any]) -> Runnable[Any, Any]:
         """Guard every chat-model call made by ``runnable``.
 
-        A chat model comes back as a chat model (same class, tools and
+        A chat model comes back as a chat model (a subclass of its class, tools and
         structured output intact). With ``fallback=``, it comes back as a
         ``RunnableWithFallbacks`` that degrades to the first fallback that fits.
         ``degrade_at`` is a soft cap: when no fallback fits, the primary serves
@@ -125,10 +129,13 @@ class BudgetGuard(Runnable[Any, Any]):
         if not self.fallbacks:
             return guard_runnable(self.engine, runnable, None)
         ppm = None if self.degrade_at is None else round(self.degrade_at * 1_000_000)
-        primary = guard_runnable(self.engine, runnable, ppm, PRIMARY)
+        # Fitting an output cap is the last resort before a refusal: only the chain's last model is fitted.
+        primary = guard_runnable(self.engine, runnable, ppm, PRIMARY, fit=False)
         roles = [FALLBACK] * (len(self.fallbacks) - 1) + [FALLBACK if ppm is not None else LAST_FALLBACK]
+        last = len(self.fallbacks) - 1 if ppm is None else -1
         chain = [
-            guard_runnable(self.engine, fb, None, r) for fb, r in zip(self.fallbacks, roles, strict=True)
+            guard_runnable(self.engine, fb, None, r, fit=i == last)
+            for i, (fb, r) in enumerate(zip(self.fallbacks, roles, strict=True))
         ]
         if ppm is not None:
             chain.append(guard_runnable(self.engine, runnable, None, LAST_RESORT))

@@ -31,6 +31,8 @@ class CallRecord:
     reserved_usd: Decimal
     scopes: tuple[str, ...]
     outcome: Outcome
+    #: the output cap the call was sent with when the guard lowered it to fit the budget, else None
+    output_cap_fitted: int | None = None
 
     @property
     def estimated(self) -> bool:

@@ -32,7 +32,7 @@ from pydantic import (
 
 from . import filelocks
 from .errors import ConfigError
-from .estimate import DEFAULT_MAX_OUTPUT_TOKENS
+from .estimate import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_MIN_OUTPUT_TOKENS
 from .limits import Limit
 from .pricing import Price
 from .records import CallRecord
@@ -90,6 +90,8 @@ class GuardSettings(BaseModel):
     degrade_at: SkipValidation[float | None] = None
     lease_ttl: SkipValidation[float] = 600.0
     default_max_output_tokens: SkipValidation[int] = DEFAULT_MAX_OUTPUT_TOKENS
+    fit_max_tokens: SkipValidation[bool] = True
+    min_output_tokens: SkipValidation[int] = DEFAULT_MIN_OUTPUT_TOKENS
     prices: SkipValidation[Mapping[str, Price] | None] = None
     default_price: SkipValidation[Price | None] = None
     model: SkipValidation[str | None] = None
@@ -144,10 +146,16 @@ class GuardSettings(BaseModel):
             raise ConfigError(f"{info.field_name} must be a positive number of seconds, got {v!r}")
         return v
 
-    @_check("default_max_output_tokens")
-    def _max_output(cls, v: Any) -> Any:
+    @_check("default_max_output_tokens", "min_output_tokens")
+    def _max_output(cls, v: Any, info: ValidationInfo) -> Any:
         if type(v) is not int or v <= 0:
-            raise ConfigError(f"default_max_output_tokens must be a positive int, got {v!r}")
+            raise ConfigError(f"{info.field_name} must be a positive int, got {v!r}")
+        return v
+
+    @_check("fit_max_tokens")
+    def _fit(cls, v: Any) -> Any:
+        if type(v) is not bool:
+            raise ConfigError(f"fit_max_tokens must be True or False, got {v!r}")
         return v
 
     @_check("prices")

@@ -56,6 +56,13 @@ def _prompt_tokens(messages: Sequence[BaseMessage]) -> int:
     return 3 * len(messages) + max(1, chars // 4)
 
 
+def _capped(out: int, cap: int | None) -> tuple[int, str]:
+    """The output tokens a provider sends under ``cap``, and its finish reason (``length`` if cut)."""
+    if cap and out > cap:
+        return cap, "length"
+    return out, "stop"
+
+
 class FakeChatModel(BaseChatModel):
     """A provider-shaped fake: realistic ``usage_metadata``, model name, call count.
 
@@ -146,9 +153,7 @@ class FakeChatModel(BaseChatModel):
         out = self.output_tokens
         if out is None:
             out = estimate_text_tokens(text or json.dumps(self.tool_args)) // 2 + 1
-        cap = kwargs.get("max_tokens", self.max_tokens)
-        if cap:
-            out = min(out, cap)
+        out, finish = _capped(out, kwargs.get("max_tokens", self.max_tokens))
         usage = cast(
             UsageMetadata,
             {
@@ -167,7 +172,7 @@ class FakeChatModel(BaseChatModel):
         msg = AIMessage(
             content=text,
             tool_calls=tool_calls,
-            response_metadata={"model_name": self.model_name, "finish_reason": "stop"},
+            response_metadata={"model_name": self.model_name, "finish_reason": finish},
         )
         return msg, usage
 
@@ -212,7 +217,7 @@ class FakeChatModel(BaseChatModel):
                     tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=0)
                     for c in msg.tool_calls
                 ],
-                response_metadata={"model_name": self.model_name, "finish_reason": "stop"},
+                response_metadata=dict(msg.response_metadata),
             )
         )
         if self.usage_on_stream:  # OpenAI-style: usage on an extra chunk after finish_reason

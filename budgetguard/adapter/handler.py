@@ -27,6 +27,7 @@ from ..errors import BudgetExceeded
 from .candidates import Role, candidates
 from .compat import detection_available, on_async_path
 from .composite import AsyncFanOut, FanOut
+from .fit import cache_will_answer
 from .logs import quiet_refusals
 from .v3 import stream_event
 
@@ -89,9 +90,9 @@ class _Core:
         meta = self._meta(kwargs.get("metadata"))
         if self.generic and self.engine.tag in (meta.get(GUARDS_KEY) or ()):
             return None
-        return CallStart(
-            kwargs["run_id"], messages, prompts, kwargs.get("invocation_params"), meta, self.hint, self.owner
-        )
+        params = kwargs.get("invocation_params")
+        deferred = not self.generic and cache_will_answer.get()
+        return CallStart(kwargs["run_id"], messages, prompts, params, meta, self.hint, self.owner, deferred)
 
     def _refused(self, exc: BudgetExceeded, kwargs: dict[str, Any]) -> None:
         candidates.refused(self.role, kwargs.get("parent_run_id"), exc)
@@ -227,6 +228,22 @@ class BudgetGuardCallback(BaseCallbackHandler):
             # Plain instance attributes shadow the routing: no look-up logic per event.
             for name in EVENTS:
                 setattr(self, name, getattr(sync_twin, name))
+
+    def fitted_cap(self, run_id: UUID | None) -> int | None:
+        """The output cap this handler's call ``run_id`` was fitted to (``adapter/fit.py`` sends it)."""
+        twin = self.sync_twin
+        return twin.engine.fitted_cap(run_id, twin.owner) if isinstance(twin, SyncTwin) else None
+
+    def reserve_deferred(self, run_id: UUID | None) -> None:
+        """Reserve this handler's call left to the cache, which missed after all (or raise)."""
+        twin = self.sync_twin
+        if isinstance(twin, SyncTwin):
+            twin.engine.reserve_deferred(run_id, twin.owner)
+
+    async def areserve_deferred(self, run_id: UUID | None) -> None:
+        twin = self.sync_twin
+        if isinstance(twin, SyncTwin):
+            await twin.engine.areserve_deferred(run_id, twin.owner)
 
 
 def guard_callback(

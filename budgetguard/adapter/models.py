@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from langchain_core.callbacks import BaseCallbackManager
-from langchain_core.language_models import BaseLanguageModel
+from langchain_core.language_models import BaseChatModel, BaseLanguageModel
 from langchain_core.runnables import Runnable, RunnableBinding
 
 from ..engine import Engine, ModelHint
@@ -19,12 +19,14 @@ from ..errors import ConfigError
 from ..estimate import configured_max_output_tokens
 from ..model_names import configured_model_name
 from .candidates import Role
+from .compat import detection_available
+from .fit import cap_field, fitting_class
 from .handler import GUARDS_KEY, BudgetGuardCallback, guard_callback
 
 __all__ = ["guard_runnable", "model_hint"]
 
 
-def model_hint(model: BaseLanguageModel[Any], soft_ppm: int | None) -> ModelHint:
+def model_hint(model: BaseLanguageModel[Any], soft_ppm: int | None, fit: bool = False) -> ModelHint:
     """What the model object says of itself, for calls whose parameters do not say."""
     name = configured_model_name(model)
     provider = None
@@ -36,11 +38,11 @@ def model_hint(model: BaseLanguageModel[Any], soft_ppm: int | None) -> ModelHint
     profile_max = profile.get("max_output_tokens") if isinstance(profile, Mapping) else None
     # the model's own cap (ChatOllama's num_predict is sent but not in invocation_params) wins
     profile_max = configured_max_output_tokens(model) or profile_max
-    return ModelHint(name, provider, profile_max if isinstance(profile_max, int) else None, soft_ppm)
+    return ModelHint(name, provider, profile_max if isinstance(profile_max, int) else None, soft_ppm, fit)
 
 
 def _with_handler(
-    model: BaseLanguageModel[Any], handler: BudgetGuardCallback, tag: str
+    model: BaseLanguageModel[Any], handler: BudgetGuardCallback, tag: str, fitting: type[Any] | None
 ) -> BaseLanguageModel[Any]:
     cbs = model.callbacks
     if cbs is None:
@@ -59,23 +61,37 @@ def _with_handler(
     # Usage in streams only arrives when asked for (ChatOpenAI with a custom base_url...).
     if "stream_usage" in type(model).model_fields and getattr(model, "stream_usage", None) is not True:
         update["stream_usage"] = True
-    return model.model_copy(update=update)
+    copy = model.model_copy(update=update)
+    if fitting is not None:  # the same fields, in the subclass that sends a fitted cap (adapter/fit.py)
+        copy.__class__ = fitting
+    return copy
 
 
 def guard_runnable(
-    engine: Engine, runnable: Runnable[Any, Any], soft_ppm: int | None, role: Role | None = None
+    engine: Engine,
+    runnable: Runnable[Any, Any],
+    soft_ppm: int | None,
+    role: Role | None = None,
+    fit: bool = True,
 ) -> Runnable[Any, Any]:
     """``runnable`` with the engine's handler on its chat model (or on every model inside it).
 
     ``role``: the model's place in a fallback chain, so a refusal says why each candidate was refused.
+    ``fit``: the model may send a fitted output cap (``fit_max_tokens``) if its class has a cap field.
     """
     if isinstance(runnable, BaseLanguageModel):
-        hint = model_hint(runnable, soft_ppm)
+        fitting = None
+        # A handler run inline (in the caller's context) is what lets the model find its call.
+        inline = not engine.store.blocking or detection_available()
+        if inline and isinstance(runnable, BaseChatModel):
+            fitting = fitting_class(type(runnable))
+        fits = fitting is not None and fit and engine.flows.fit_max_tokens and cap_field(fitting) is not None
+        hint = model_hint(runnable, soft_ppm, fits)
         engine.note_model(hint.model, hint.provider)
         handler = guard_callback(engine, hint, role=role)
-        return _with_handler(runnable, handler, engine.tag)
+        return _with_handler(runnable, handler, engine.tag, fitting)
     if type(runnable) is RunnableBinding and isinstance(runnable.bound, BaseLanguageModel):
-        bound = guard_runnable(engine, runnable.bound, soft_ppm, role)
+        bound = guard_runnable(engine, runnable.bound, soft_ppm, role, fit)
         return runnable.model_copy(update={"bound": bound})
     if soft_ppm is not None:
         raise ConfigError(

@@ -90,14 +90,14 @@ class Engine:
         for stale in self._stale(call):
             self._sync.run(self.flows.abandon(stale))
         begun = self.flows.start(call)
-        if begun is not None:
+        if begun is not None and not self.flows.defer(begun, call):
             self._sync.run(self.flows.reserve(begun))
 
     async def abegin(self, call: CallStart) -> None:
         for stale in self._stale(call):
             self._background(self.flows.abandon(stale))
         begun = self.flows.start(call)
-        if begun is None:
+        if begun is None or self.flows.defer(begun, call):
             return
         try:
             await self._async.run(self.flows.reserve(begun))
@@ -106,6 +106,21 @@ class Engine:
             # have landed, so release it, without holding up the cancellation.
             self._background(self.flows.withdraw(begun))
             raise
+
+    def reserve_deferred(self, run_id: UUID | None, owner: object) -> None:
+        """Reserve a call left to LangChain's cache, now that its model is called after all."""
+        begun = self.flows.undefer(run_id, owner)
+        if begun is not None:
+            self._sync.run(self.flows.reserve(begun))
+
+    async def areserve_deferred(self, run_id: UUID | None, owner: object) -> None:
+        begun = self.flows.undefer(run_id, owner)
+        if begun is not None:
+            await self._async.run(self.flows.reserve(begun))
+
+    def fitted_cap(self, run_id: UUID | None, owner: object) -> int | None:
+        """The output cap this owner's call was fitted to, if it was (``PendingRuns.fitted``)."""
+        return self.pending.fitted(run_id, owner)
 
     def observe(
         self, run_id: UUID, chunk_message: BaseMessage | None, text: str, owner: object = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..estimate import DEFAULT_MAX_OUTPUT_TOKENS
+from ..estimate import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_MIN_OUTPUT_TOKENS
 from ..pricing import Price
 from ..records import CallRecord
 from ..tokencount import Counter, bytes_counter
@@ -22,5 +22,7 @@ class EngineConfig:
     lease_ttl: float = 600.0
     default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
     on_record: Callable[[CallRecord], None] | None = None
+    fit_max_tokens: bool = True  # lower a call's output cap to what the budget affords
+    min_output_tokens: int = DEFAULT_MIN_OUTPUT_TOKENS  # never fitted below this: refused instead
     on_store_error: str = "closed"  # or "open": let calls through and spool them
     token_counter: Counter = bytes_counter  # the input bound (``tokencount.resolve_counter``)

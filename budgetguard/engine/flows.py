@@ -33,6 +33,7 @@ from ..units import QUANTITY_NAMES, to_usd
 from ..usage import TokenUsage, audio_unsplit, usage_from_message, usage_from_result
 from . import ops
 from .config import EngineConfig
+from .fit import affordable_output
 from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, Plan, Planner
@@ -74,6 +75,8 @@ class Flows:
         self.default_price = config.default_price
         self.lease_ttl = config.lease_ttl
         self.default_max_output_tokens = config.default_max_output_tokens
+        self.fit_max_tokens = config.fit_max_tokens
+        self.min_output = config.min_output_tokens
         self.on_record = config.on_record
         self.inputs = InputEstimator(config.token_counter)
         self.fail_open = config.on_store_error == "open"
@@ -128,6 +131,7 @@ class Flows:
         p.owner, p.start, p.task = call.owner, call.event, current_task()
         p.audio_in = messages is not None and has_audio_input(messages)
         p.prefix = prefix
+        p.fit = hint.fit and self.fit_max_tokens
         if not self.pending.claim(run_id, p):
             return None
         return Begun(run_id, p, plan)
@@ -138,6 +142,8 @@ class Flows:
         req = ReserveRequest(p.lease_id, plan.specs, p.amount, self.lease_ttl)
         try:
             result = yield from self._reserve_or_spool(req, plan.refs)
+            if result is not None and not result.admitted and p.fit:
+                result = yield from self._fit(begun, result)
         except BaseException:  # a store fault, or the flow closed unfinished: never left pending
             self.pending.discard(run_id, p)
             raise
@@ -147,6 +153,38 @@ class Flows:
             raise refusal(plan, result.states, result.violation, p.amount, p.rates.model, shape)
         p.spooled = result is None
         self.pending.reserved(run_id, p)
+
+    def _fit(self, begun: Begun, refused: ReserveResult) -> Flow[ReserveResult | None]:
+        """Reserve again with the output cap lowered to what the budget affords, if that is enough."""
+        _, p, plan = begun
+        cap = affordable_output(
+            plan.specs, refused.states, refused.violation, p.rates, p.input_est, p.output_cap, self.min_output
+        )
+        if cap is None:
+            return refused
+        amount = Amount(p.rates.worst_nanos(p.input_est, cap), p.input_est + cap, 1)
+        req = ReserveRequest(p.lease_id, plan.specs, amount, self.lease_ttl)
+        result = yield from self._reserve_or_spool(req, plan.refs)
+        if result is None or result.admitted:
+            p.amount, p.output_cap = amount, cap
+            self.pending.fit(p, cap)
+        return result
+
+    def defer(self, begun: Begun, call: CallStart) -> bool:
+        """Leave a call LangChain's cache will answer unreserved (no I/O); False to reserve it now."""
+        if not call.deferred:
+            return False
+        begun.pending.deferred = begun
+        begun.pending.ready = True  # its end (the cache's answer) closes it, with nothing to settle
+        return True
+
+    def undefer(self, run_id: UUID | None, owner: object) -> Begun | None:
+        """The call left to the cache, if the model is called for it after all: to reserve now."""
+        p = self.pending.here(run_id, owner)
+        if p is None or not isinstance(p.deferred, Begun):
+            return None
+        begun, p.deferred, p.ready = p.deferred, None, False
+        return begun
 
     def withdraw(self, begun: Begun) -> Flow[None]:
         """A call cancelled while it reserved never reached the model: release what may have landed.
@@ -198,6 +236,9 @@ class Flows:
         if p is None:
             return None
         usage, served = usage_from_result(response)
+        if p.deferred is not None:  # the model was never called (it reserves first): the cache answered
+            p.amount = Amount()
+            return self._emit(p, usage or TokenUsage(), 0, "cache_hit", p.rates.model)
         if usage is None:
             usage = p.partial
         if usage is None:
@@ -219,7 +260,7 @@ class Flows:
 
     def fail(self, run_id: UUID, error: BaseException, owner: object = None) -> Flow[CallRecord | None]:
         p = self.pending.pop(run_id, owner)
-        if p is None:
+        if p is None or p.deferred is not None:  # nothing reserved, nothing sent
             return None
         if p.chunks == 0 and not isinstance(error, _WALKED_AWAY):
             yield from self._release(p)
@@ -233,6 +274,8 @@ class Flows:
         after its reservation: what was seen, and the worst case for what was
         not (input estimate, output cap), since the provider may have billed it.
         """
+        if p.deferred is not None:  # left to the cache, never reserved nor sent
+            return None
         seen = p.partial or TokenUsage()
         usage = TokenUsage(
             input_tokens=max(seen.input_tokens, p.input_est if seen.input_tokens == 0 else 0),
@@ -312,6 +355,7 @@ class Flows:
             reserved_usd=to_usd(p.amount.nanos),
             scopes=p.labels,
             outcome=outcome,
+            output_cap_fitted=p.fitted,
         )
         if debug:
             logger.debug("budgetguard: %s", rec)

@@ -55,6 +55,9 @@ class Pending:
     ready: bool = False  # reserved: an end or error may settle it
     audio_in: bool = False  # the prompt carries audio: a reading that does not split it out is charged so
     prefix: bytes | None = None  # the prompt's fingerprint: its reported input is remembered under it
+    fit: bool = False  # the model sends a fitted output cap (``fit_max_tokens``): a refusal may fit
+    fitted: int | None = None  # the output cap the call was lowered to, to be sent as its max tokens
+    deferred: object = None  # unreserved, for the cache to answer: what to reserve if the model is called
 
 
 def current_task() -> asyncio.Task[object] | None:
@@ -66,11 +69,12 @@ def current_task() -> asyncio.Task[object] | None:
 class PendingRuns:
     """Thread-safe run id -> calls in flight with that run id."""
 
-    __slots__ = ("_lock", "_runs", "_tasks", "on_abandoned")
+    __slots__ = ("_fits", "_lock", "_runs", "_tasks", "on_abandoned")
 
     def __init__(self) -> None:
         self._runs: dict[UUID, list[Pending]] = {}
         self._tasks: dict[asyncio.Task[object], list[tuple[UUID, Pending]]] = {}
+        self._fits: list[Pending] = []  # the calls in flight with a fitted cap
         self._lock = threading.Lock()
         self.on_abandoned: Callable[[UUID, Pending], None] | None = None
 
@@ -124,6 +128,42 @@ class PendingRuns:
                 self._remove(run_id, p)
             return p
 
+    def fitted(self, run_id: UUID | None, owner: object) -> int | None:
+        """The output cap the owner's call was fitted to: the call ``run_id``, else the one begun here.
+
+        A stream's ``_stream`` gets no run manager: the call is the last one
+        begun in this context, as the start event's handler ran in it.
+        """
+        with self._lock:
+            if run_id is not None:
+                p = self._find(run_id, owner)
+            else:
+                began = _began.get()
+                p = next((c for c in self._fits if c.lease_id == began and c.owner is owner), None)
+            return None if p is None else p.fitted
+
+    def here(self, run_id: UUID | None, owner: object) -> Pending | None:
+        """The owner's call ``run_id``; without a run id (a stream), the one begun in this context."""
+        with self._lock:
+            if run_id is not None:
+                return self._find(run_id, owner)
+            began = _began.get()
+            return next(
+                (
+                    p
+                    for calls in self._runs.values()
+                    for p in calls
+                    if p.lease_id == began and p.owner is owner
+                ),
+                None,
+            )
+
+    def fit(self, pending: Pending, cap: int) -> None:
+        """The call was reserved at a lowered output cap, which its model must send."""
+        with self._lock:
+            pending.fitted = cap
+            self._fits.append(pending)
+
     def discard(self, run_id: UUID, pending: Pending) -> bool:
         """Remove this very call; False if an end or error has already taken it."""
         with self._lock:
@@ -171,6 +211,8 @@ class PendingRuns:
         return calls[0] if calls else None
 
     def _remove(self, run_id: UUID, pending: Pending) -> None:
+        if pending.fitted is not None:
+            self._fits[:] = [p for p in self._fits if p is not pending]
         calls = self._runs[run_id]
         if len(calls) == 1 and calls[0] is pending:
             del self._runs[run_id]

@@ -29,6 +29,7 @@ class ModelHint:
     provider: str | None = None
     profile_max: int | None = None
     soft_ppm: int | None = None  # degrade threshold, only on a primary with fallbacks
+    fit: bool = False  # the model sends a fitted output cap (wrapped, with a cap field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class CallStart:
     metadata: Mapping[str, Any]
     hint: ModelHint
     owner: object = None  # the handler delivering it: only its end or error will settle the call
+    deferred: bool = False  # LangChain's cache will answer: reserve nothing unless the model is called
 
     @property
     def event(self) -> object:

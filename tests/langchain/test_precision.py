@@ -86,11 +86,15 @@ def test_named_counter_reserves_less_for_its_models_only(counter: str) -> None:
 
 def test_callable_counter_sizes_the_reservation() -> None:
     records: list[CallRecord] = []
-    guard = BudgetGuard(limit_tokens=10_000, on_record=records.append, token_counter=lambda m, t: 9_000)
+    guard = BudgetGuard(
+        limit_tokens=10_000, fit_max_tokens=False, on_record=records.append, token_counter=lambda m, t: 9_000
+    )
     llm = guard.wrap(FakeChatModel(model_name="gpt-4o", max_tokens=1_001))
     with pytest.raises(BudgetExceeded):
         llm.invoke("hi")  # 9,000 + 1,001 > 10,000
-    guard = BudgetGuard(limit_tokens=10_000, on_record=records.append, token_counter=lambda m, t: 8_999)
+    guard = BudgetGuard(
+        limit_tokens=10_000, fit_max_tokens=False, on_record=records.append, token_counter=lambda m, t: 8_999
+    )
     guard.wrap(FakeChatModel(model_name="gpt-4o", max_tokens=1_001)).invoke("hi")
     assert len(records) == 1
 

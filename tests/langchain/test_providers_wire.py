@@ -293,10 +293,19 @@ def test_ollama_num_predict_caps_the_reservation(server: WireServer, where: str)
 
 def test_ollama_without_num_predict_still_reserves_the_default(server: WireServer) -> None:
     server.route("POST", "/api/chat", ollama_stream("deepseek-r1:8b", eval_count=120, prompt_eval_count=10))
-    guard, _records = recorded(limit_tokens=300)
+    guard, _records = recorded(limit_tokens=300, fit_max_tokens=False)
     with pytest.raises(BudgetExceeded):
         guard.wrap(ollama(server)).invoke("hi")
     assert server.seen == []
+
+
+def test_ollama_gets_its_num_predict_fitted_to_a_tokens_budget(server: WireServer) -> None:
+    server.route("POST", "/api/chat", ollama_stream("deepseek-r1:8b", eval_count=120, prompt_eval_count=10))
+    guard, records = recorded(limit_tokens=300)
+    guard.wrap(ollama(server)).invoke("hi")
+    # 16 input tokens reserved ("hi" plus framing): 284 of the 300 are left for the output
+    assert records[0].output_cap_fitted == 284
+    assert server.seen[0].json()["options"]["num_predict"] == 284
 
 
 def test_ollama_local_model_needs_no_price_under_a_tokens_only_budget(server: WireServer) -> None:

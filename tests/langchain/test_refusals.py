@@ -26,7 +26,7 @@ def _gpt4o(**kw: object) -> FakeChatModel:
 
 def test_a_refusal_names_the_output_cap_it_assumed_and_how_to_change_it() -> None:
     # the figure: "Hello" to gpt-4o (profile: 16,384 output tokens) on a $0.10 budget
-    guard = BudgetGuard(limit_usd="0.10")
+    guard = BudgetGuard(fit_max_tokens=False, limit_usd="0.10")
     llm = guard.wrap(_gpt4o(profile={"max_output_tokens": 16_384}))
     with pytest.raises(BudgetExceeded) as info:
         llm.invoke("Hello")
@@ -43,13 +43,13 @@ def test_a_refusal_names_the_output_cap_it_assumed_and_how_to_change_it() -> Non
 
 
 def test_max_tokens_is_what_the_refusal_tells_and_it_works() -> None:
-    guard = BudgetGuard(limit_usd="0.10")
+    guard = BudgetGuard(fit_max_tokens=False, limit_usd="0.10")
     llm = guard.wrap(_gpt4o(profile={"max_output_tokens": 16_384}))
     llm.invoke("Hello", max_tokens=1000)  # the fix the message names: admitted
 
 
 def test_a_call_that_can_never_fit_says_so() -> None:
-    guard = BudgetGuard(limits=[Limit(usd="0.0001", per="day")])
+    guard = BudgetGuard(fit_max_tokens=False, limits=[Limit(usd="0.0001", per="day")])
     with pytest.raises(BudgetExceeded) as info:
         guard.wrap(_gpt4o(max_tokens=1)).invoke("x" * 1000)  # 1,000+ input tokens alone cost > $0.0001
     e = info.value
@@ -59,7 +59,7 @@ def test_a_call_that_can_never_fit_says_so() -> None:
 
 
 def test_a_call_that_fits_once_the_budget_frees_is_not_never_fits() -> None:
-    guard = BudgetGuard(limit_usd="0.01")
+    guard = BudgetGuard(fit_max_tokens=False, limit_usd="0.01")
     with pytest.raises(BudgetExceeded) as info:
         guard.wrap(_gpt4o(max_tokens=2000)).invoke("q")
     assert not info.value.never_fits and "never fit" not in str(info.value)
@@ -68,7 +68,7 @@ def test_a_call_that_fits_once_the_budget_frees_is_not_never_fits() -> None:
 def test_each_fallback_candidate_says_why_it_was_refused() -> None:
     primary = _gpt4o(max_tokens=4000)
     cheap = FakeChatModel(model_name="gpt-4o-mini", max_tokens=100_000)
-    guard = BudgetGuard(limit_usd="0.01", fallback=cheap)
+    guard = BudgetGuard(fit_max_tokens=False, limit_usd="0.01", fallback=cheap)
     with pytest.raises(BudgetExceeded) as info:
         guard.wrap(primary).invoke("q")
     e = info.value
@@ -85,7 +85,7 @@ def test_several_fallbacks_each_say_why_async_and_in_batches() -> None:
     primary = _gpt4o(max_tokens=4000)
     mini = FakeChatModel(model_name="gpt-4o-mini", max_tokens=100_000)
     nano = FakeChatModel(model_name="gpt-4.1-nano", max_tokens=1_000_000)
-    guard = BudgetGuard(limit_usd="0.01", fallback=[mini, nano])
+    guard = BudgetGuard(fit_max_tokens=False, limit_usd="0.01", fallback=[mini, nano])
     llm = guard.wrap(primary)
     with pytest.raises(BudgetExceeded) as info:
         asyncio.run(llm.ainvoke("q"))
@@ -110,7 +110,7 @@ def test_several_fallbacks_each_say_why_async_and_in_batches() -> None:
 def test_a_provider_error_is_not_handled_by_the_fallbacks() -> None:
     primary = _gpt4o(max_tokens=10, fail_with=lambda: RuntimeError("provider down"))
     cheap = FakeChatModel(model_name="gpt-4o-mini", max_tokens=10)
-    guard = BudgetGuard(limit_usd="1", fallback=cheap, degrade_at=0.5)
+    guard = BudgetGuard(fit_max_tokens=False, limit_usd="1", fallback=cheap, degrade_at=0.5)
     with pytest.raises(RuntimeError, match="provider down"):
         guard.wrap(primary).invoke("q")
     assert cheap.calls.count == 0
@@ -125,7 +125,7 @@ def test_a_candidate_refusal_is_a_plain_value() -> None:
 
 
 def test_retry_after_is_short_when_reservations_in_flight_stand_in_the_way() -> None:
-    guard = BudgetGuard(limit_usd="0.015")
+    guard = BudgetGuard(fit_max_tokens=False, limit_usd="0.015")
     llm = guard.wrap(_gpt4o(max_tokens=1000, output_tokens=1000))
     stream = llm.stream("q")  # reserves about $0.01 and holds it while the stream is open
     next(stream)
@@ -137,7 +137,7 @@ def test_retry_after_is_short_when_reservations_in_flight_stand_in_the_way() -> 
 
 
 def test_retry_after_is_the_time_until_the_window_resets_when_spent_money_stands_in_the_way() -> None:
-    guard = BudgetGuard(limits=[Limit(usd="0.015", per="minute")])
+    guard = BudgetGuard(fit_max_tokens=False, limits=[Limit(usd="0.015", per="minute")])
     llm = guard.wrap(_gpt4o(max_tokens=1000, output_tokens=1000))
     llm.invoke("q")
     with pytest.raises(BudgetExceeded) as info:
@@ -149,7 +149,7 @@ def test_retry_after_is_the_time_until_the_window_resets_when_spent_money_stands
 
 
 def test_retry_after_is_none_for_a_spent_lifetime_limit() -> None:
-    guard = BudgetGuard(limit_usd="0.015")
+    guard = BudgetGuard(fit_max_tokens=False, limit_usd="0.015")
     llm = guard.wrap(_gpt4o(max_tokens=1000, output_tokens=1000))
     llm.invoke("q")
     with pytest.raises(BudgetExceeded) as info:
@@ -159,7 +159,7 @@ def test_retry_after_is_none_for_a_spent_lifetime_limit() -> None:
 
 def test_status_says_when_not_even_a_minimal_call_fits() -> None:
     # remaining $0.000015 after one call: more than 0, less than a minimal gpt-4o call ($0.00003)
-    guard = BudgetGuard(limit_usd="0.01004")
+    guard = BudgetGuard(fit_max_tokens=False, limit_usd="0.01004")
     llm = guard.wrap(_gpt4o(max_tokens=1000, output_tokens=1000, input_tokens=10))
     llm.invoke("q")
     status = guard.remaining()
@@ -170,14 +170,14 @@ def test_status_says_when_not_even_a_minimal_call_fits() -> None:
 
 
 def test_status_with_room_for_a_minimal_call_is_not_exhausted() -> None:
-    guard = BudgetGuard(limit_usd="1")
+    guard = BudgetGuard(fit_max_tokens=False, limit_usd="1")
     guard.wrap(_gpt4o(max_tokens=1000)).invoke("q")
     status = guard.remaining()
     assert status.can_fit_minimal_call and not status.exhausted
 
 
 def test_a_tokens_limit_with_fewer_tokens_left_than_a_minimal_call_is_exhausted() -> None:
-    guard = BudgetGuard(limit_tokens=20)
+    guard = BudgetGuard(fit_max_tokens=False, limit_tokens=20)
     llm = guard.wrap(_gpt4o(max_tokens=4, output_tokens=4, input_tokens=10))
     llm.invoke("q")
     status = guard.remaining()
@@ -192,7 +192,7 @@ def _served_until_refused(fallback_max: int) -> tuple[Decimal, int, int, BudgetE
     cheap = FakeChatModel(
         model_name="gpt-4o-mini", max_tokens=fallback_max, output_tokens=1000, input_tokens=10
     )
-    guard = BudgetGuard(limit_usd="1.00", fallback=cheap, degrade_at=0.5)
+    guard = BudgetGuard(fit_max_tokens=False, limit_usd="1.00", fallback=cheap, degrade_at=0.5)
     llm = guard.wrap(primary)
     with pytest.raises(BudgetExceeded) as info:
         for _ in range(1000):
@@ -259,7 +259,9 @@ def test_an_admitted_candidate_closes_its_chain_and_calls_without_a_parent_are_l
 
 def test_a_stream_through_fallbacks_tells_each_candidate_too() -> None:
     guard = BudgetGuard(
-        limit_usd="0.01", fallback=FakeChatModel(model_name="gpt-4o-mini", max_tokens=100_000)
+        fit_max_tokens=False,
+        limit_usd="0.01",
+        fallback=FakeChatModel(model_name="gpt-4o-mini", max_tokens=100_000),
     )
     with pytest.raises(BudgetExceeded) as info:
         list(guard.wrap(_gpt4o(max_tokens=4000)).stream("q"))

@@ -166,7 +166,7 @@ def _real_errors(tmp_path: Path) -> dict[str, BaseException]:
     )
     primary = FakeChatModel(model_name="gpt-4o", max_tokens=100)
     cheap = FakeChatModel(model_name="gpt-4o-mini", max_tokens=100_000)
-    degrading = BudgetGuard(limit_usd="0.0015", fallback=cheap, degrade_at=0.5)
+    degrading = BudgetGuard(limit_usd="0.0015", fallback=cheap, degrade_at=0.5, fit_max_tokens=False)
     # the guarded primary alone (the chain would serve it past degrade_at, as it fits the hard cap)
     out["DegradeRequired"] = _raised(lambda: degrading.wrap(primary).runnable.invoke("q"))  # type: ignore[attr-defined]
     scoped = BudgetGuard(limits=[Limit(requests=2, scope="user:{user_id}")])

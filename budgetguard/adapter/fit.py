@@ -1,0 +1,199 @@
+"""Sending a fitted output cap: the model call itself, since callbacks cannot change a request.
+
+A guarded model whose call the guard fits (``fit_max_tokens``) is an instance
+of a small subclass of its own class, made once per class and named after it,
+so ``isinstance``, pydantic fields, ``model_copy``, ``bind_tools`` and
+``with_structured_output`` behave as before. Its ``_generate``, ``_agenerate``,
+``_stream`` and ``_astream`` (only those the class implements itself) ask the
+guard's handler for the cap it fitted the call to (by ``run_manager.run_id``;
+the reservation is made in ``on_chat_model_start``, before they run). With a
+cap, the call goes to a copy of the model with its cap field lowered (the
+provider's client turns it into ``max_tokens``, ``max_completion_tokens``,
+``max_output_tokens``, ``num_predict``...), and a cap passed with the call
+(``bind(max_tokens=...)``, Ollama's ``options``) is lowered too.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextvars import ContextVar
+from typing import Any
+
+from langchain_core.caches import BaseCache
+from langchain_core.globals import get_llm_cache
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import chat_models as _lc
+from langchain_core.load import dumps
+
+from ..estimate import CAP_KEYS
+
+__all__ = ["cap_field", "cache_will_answer", "fitting_class"]
+
+#: Set by the model's ``generate``/``agenerate`` while LangChain's cache holds every prompt's answer.
+cache_will_answer: ContextVar[bool] = ContextVar("budgetguard_cache_will_answer", default=False)
+_NOT_PARAMS = ("tags", "metadata", "run_name", "run_id")
+
+#: the subclasses made here: guarding a guarded model again keeps its class
+_MADE: set[type[Any]] = set()
+
+
+def cap_field(cls: type[Any]) -> str | None:
+    """The field of a chat-model class that caps its output, if it has one."""
+    fields = getattr(cls, "model_fields", {})
+    return next((k for k in CAP_KEYS if k in fields), None)
+
+
+def _fitted_cap(model: BaseChatModel, run_manager: Any) -> int | None:
+    run_id = getattr(run_manager, "run_id", None)  # None in a stream: the call begun in this context
+    caps = [c for h in _handlers(model) if (c := _cap_of(h, run_id)) is not None]
+    return min(caps) if caps else None
+
+
+def _cap_of(handler: Any, run_id: Any) -> int | None:
+    ask = getattr(handler, "fitted_cap", None)
+    return ask(run_id) if callable(ask) else None
+
+
+def _handlers(model: BaseChatModel) -> list[Any]:
+    cbs = model.callbacks
+    return list(cbs if isinstance(cbs, list) else getattr(cbs, "handlers", ()))
+
+
+def _reserve_deferred(model: BaseChatModel, run_manager: Any) -> None:
+    """A call left unreserved for the cache that turned out to miss: reserve it now, or raise."""
+    run_id = getattr(run_manager, "run_id", None)  # None in a stream: the call begun in this context
+    for h in _handlers(model):
+        if callable(getattr(h, "reserve_deferred", None)):
+            h.reserve_deferred(run_id)
+
+
+async def _areserve_deferred(model: BaseChatModel, run_manager: Any) -> None:
+    run_id = getattr(run_manager, "run_id", None)
+    for h in _handlers(model):
+        if callable(getattr(h, "areserve_deferred", None)):
+            await h.areserve_deferred(run_id)
+
+
+def _lowered(model: BaseChatModel, field: str | None, run_manager: Any, kwargs: dict[str, Any]) -> Any:
+    """The model to call (a copy with its cap lowered), ``kwargs`` lowered in place; or the model."""
+    cap = None if field is None else _fitted_cap(model, run_manager)
+    if cap is None or field is None:
+        return model
+    for key in CAP_KEYS:
+        if type(kwargs.get(key)) is int:
+            kwargs[key] = min(kwargs[key], cap)
+    options = kwargs.get("options")
+    if field == "num_predict" and isinstance(options, Mapping):  # ChatOllama: options replace the fields
+        kwargs["options"] = {**options, "num_predict": cap}
+    return model.model_copy(update={field: cap})
+
+
+def _cache_key(model: BaseChatModel, stop: Any, kwargs: dict[str, Any]) -> tuple[BaseCache, str] | None:
+    """The cache and llm string ``_generate_with_cache`` will use, as ``generate`` passes them on."""
+    cache = model.cache
+    llm_cache = cache if isinstance(cache, BaseCache) else get_llm_cache()
+    if cache is False or llm_cache is None:
+        return None
+    kw = {k: v for k, v in kwargs.items() if k not in _NOT_PARAMS}
+    kw.pop("ls_structured_output_format", None) or kw.pop("structured_output_format", None)
+    return llm_cache, model._get_llm_string(stop=stop, **kw)
+
+
+def _prompts(messages: Any) -> list[str]:
+    normalize = getattr(_lc, "_normalize_messages", lambda m: m)
+    return [
+        dumps([m.model_copy(update={"id": None}) if getattr(m, "id", None) is not None else m for m in ms])
+        for ms in (normalize(x) for x in messages)
+    ]
+
+
+def _hits(model: BaseChatModel, messages: Any, stop: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether the cache answers every prompt; any doubt is a miss (the call is then reserved)."""
+    try:
+        key = _cache_key(model, stop, kwargs)
+        return key is not None and all(isinstance(key[0].lookup(p, key[1]), list) for p in _prompts(messages))
+    except Exception:
+        return False
+
+
+async def _ahits(model: BaseChatModel, messages: Any, stop: Any, kwargs: dict[str, Any]) -> bool:
+    try:
+        key = _cache_key(model, stop, kwargs)
+        if key is None:
+            return False
+        return all([isinstance(await key[0].alookup(p, key[1]), list) for p in _prompts(messages)])
+    except Exception:
+        return False
+
+
+def _generate_hooks(base: type[BaseChatModel]) -> dict[str, Any]:
+    """``generate``/``agenerate`` that tell the start event a cache will answer (nothing to reserve)."""
+
+    def generate(self: Any, messages: Any, stop: Any = None, callbacks: Any = None, **kwargs: Any) -> Any:
+        token = cache_will_answer.set(_hits(self, messages, stop, kwargs))
+        try:
+            return base.generate(self, messages, stop, callbacks, **kwargs)
+        finally:
+            cache_will_answer.reset(token)
+
+    async def agenerate(
+        self: Any, messages: Any, stop: Any = None, callbacks: Any = None, **kwargs: Any
+    ) -> Any:
+        token = cache_will_answer.set(await _ahits(self, messages, stop, kwargs))
+        try:
+            return await base.agenerate(self, messages, stop, callbacks, **kwargs)
+        finally:
+            cache_will_answer.reset(token)
+
+    return {"generate": generate, "agenerate": agenerate}
+
+
+def _hooks(base: type[BaseChatModel], field: str | None) -> dict[str, Any]:
+    def _generate(self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
+        _reserve_deferred(self, run_manager)
+        target = _lowered(self, field, run_manager, kwargs)
+        return base._generate(target, messages, stop, run_manager, **kwargs)
+
+    async def _agenerate(
+        self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> Any:
+        await _areserve_deferred(self, run_manager)
+        target = _lowered(self, field, run_manager, kwargs)
+        return await base._agenerate(target, messages, stop, run_manager, **kwargs)
+
+    def _stream(
+        self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        _reserve_deferred(self, run_manager)
+        target = _lowered(self, field, run_manager, kwargs)
+        yield from base._stream(target, messages, stop, run_manager, **kwargs)
+
+    async def _astream(
+        self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        await _areserve_deferred(self, run_manager)
+        target = _lowered(self, field, run_manager, kwargs)
+        async for chunk in base._astream(target, messages, stop, run_manager, **kwargs):
+            yield chunk
+
+    hooks = {"_generate": _generate, "_agenerate": _agenerate, "_stream": _stream, "_astream": _astream}
+    # Only what the class implements: BaseChatModel tells native streaming by whether _stream is its own.
+    return {n: f for n, f in hooks.items() if getattr(base, n) is not getattr(BaseChatModel, n)}
+
+
+@functools.cache
+def fitting_class(base: type[BaseChatModel]) -> type[BaseChatModel]:
+    """``base``'s subclass that sends fitted caps and tells the guard of cache hits (made once)."""
+    if base in _MADE:
+        return base
+    ns: dict[str, Any] = {
+        "__module__": base.__module__,
+        "__qualname__": base.__qualname__,
+        "__doc__": base.__doc__,
+        **_generate_hooks(base),
+        **_hooks(base, cap_field(base)),
+    }
+    made: type[BaseChatModel] = type(base.__name__, (base,), ns)
+    _MADE.add(made)
+    return made
