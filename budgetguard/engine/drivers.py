@@ -53,6 +53,21 @@ class Breaker:
                 self.label, None, problem="is down (it failed moments ago)", sent=False, operation=operation
             )
 
+    def admit(self, operation: str) -> None:
+        """Before an operation: refuse at once while the store is known to be down."""
+        if self._down_until:
+            self.check(operation)
+
+    def failed(self, exc: BudgetStoreUnavailable, operation: str) -> BudgetStoreUnavailable:
+        """After a failed operation: trip, and the error to raise, naming the operation."""
+        self.trip(exc)
+        return exc.during(operation)
+
+    def answered(self) -> None:
+        """After an operation the store answered: close the breaker if it was open."""
+        if self._down_until or self._outage:
+            self.reset()
+
     def trip(self, error: BaseException | None = None) -> None:
         self._down_until = time.monotonic() + self.cooldown
         if not self._outage:
@@ -168,10 +183,8 @@ class SyncDriver:
             return state.replay()
         if not state.started:
             state.start()
-        breaker = state.breaker
-        name = op.operation  # type: ignore[union-attr]
-        if breaker._down_until:
-            breaker.check(name)
+        breaker, name = state.breaker, op.operation  # type: ignore[union-attr]
+        breaker.admit(name)
         out: Any
         try:
             if type(op) is Reserve:
@@ -181,10 +194,8 @@ class SyncDriver:
             else:
                 out = self._calls[kind](op)
         except BudgetStoreUnavailable as exc:
-            breaker.trip(exc)
-            raise exc.during(name) from None
-        if breaker._down_until or breaker._outage:
-            breaker.reset()
+            raise breaker.failed(exc, name) from None
+        breaker.answered()
         if state.spool is not None:
             state.replay()
         return out
@@ -227,17 +238,13 @@ class AsyncDriver:
             return await self._replay()
         if not state.started:
             await asyncio.to_thread(state.start)
-        breaker = state.breaker
-        name = op.operation  # type: ignore[union-attr]
-        if breaker._down_until:
-            breaker.check(name)
+        breaker, name = state.breaker, op.operation  # type: ignore[union-attr]
+        breaker.admit(name)
         try:
             out = await self._calls[kind](op)
         except BudgetStoreUnavailable as exc:
-            breaker.trip(exc)
-            raise exc.during(name) from None
-        if breaker._down_until or breaker._outage:
-            breaker.reset()
+            raise breaker.failed(exc, name) from None
+        breaker.answered()
         if state.spool is not None:
             await self._replay()
         return out
