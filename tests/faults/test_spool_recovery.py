@@ -47,17 +47,22 @@ def aof_redis() -> Iterator[RedisServer]:
     server.stop()
 
 
-def test_remaining_counts_what_waits_in_the_spool(aof_redis: RedisServer, tmp_path: Path) -> None:
-    """Before the fix, after a recovery with no new call, status showed only what reached Redis."""
-    records: list[CallRecord] = []
-    guard = BudgetGuard(
+def open_guard(server: RedisServer, spool_dir: Path, records: list[CallRecord]) -> BudgetGuard:
+    """A fail-open guard with a short store timeout, recording every call."""
+    return BudgetGuard(
         limits=LIMITS,
-        store=aof_redis.url,
+        store=server.url,
         on_store_error="open",
-        spool_dir=tmp_path,
+        spool_dir=spool_dir,
         store_timeout=0.3,
         on_record=records.append,
     )
+
+
+def test_remaining_counts_what_waits_in_the_spool(aof_redis: RedisServer, tmp_path: Path) -> None:
+    """Before the fix, after a recovery with no new call, status showed only what reached Redis."""
+    records: list[CallRecord] = []
+    guard = open_guard(aof_redis, tmp_path, records)
     llm = guard.wrap(fake())
     for i in range(3):
         llm.invoke(f"before {i}")
@@ -73,14 +78,7 @@ def test_remaining_counts_what_waits_in_the_spool(aof_redis: RedisServer, tmp_pa
 
 async def test_aremaining_counts_what_waits_in_the_spool(aof_redis: RedisServer, tmp_path: Path) -> None:
     records: list[CallRecord] = []
-    guard = BudgetGuard(
-        limits=LIMITS,
-        store=aof_redis.url,
-        on_store_error="open",
-        spool_dir=tmp_path,
-        store_timeout=0.3,
-        on_record=records.append,
-    )
+    guard = open_guard(aof_redis, tmp_path, records)
     llm = guard.wrap(fake())
     await llm.ainvoke("before")
     aof_redis.kill()
