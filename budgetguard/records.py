@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
+from uuid import UUID
 
 from .usage import TokenUsage
 
@@ -33,6 +36,14 @@ class CallRecord:
     outcome: Outcome
     #: the output cap the call was sent with when the guard lowered it to fit the budget, else None
     output_cap_fitted: int | None = None
+    #: the LangChain run id of the model call, and of the run around it (a chain, an agent step)
+    run_id: UUID | None = None
+    parent_run_id: UUID | None = None
+    #: the caller's metadata the guard read its scopes from (LangChain's own ``ls_*`` keys left out)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: when the call began (before its reservation) and when it was recorded, UTC
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
 
     @property
     def estimated(self) -> bool:

@@ -92,7 +92,17 @@ class _Core:
             return None
         params = kwargs.get("invocation_params")
         deferred = not self.generic and cache_will_answer.get()
-        return CallStart(kwargs["run_id"], messages, prompts, params, meta, self.hint, self.owner, deferred)
+        return CallStart(
+            kwargs["run_id"],
+            messages,
+            prompts,
+            params,
+            meta,
+            self.hint,
+            self.owner,
+            deferred,
+            kwargs.get("parent_run_id"),
+        )
 
     def _refused(self, exc: BudgetExceeded, kwargs: dict[str, Any]) -> None:
         candidates.refused(self.role, kwargs.get("parent_run_id"), exc)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 from uuid import UUID
@@ -132,6 +134,7 @@ class Flows:
         p.audio_in = messages is not None and has_audio_input(messages)
         p.prefix = prefix
         p.fit = hint.fit and self.fit_max_tokens
+        p.run_id, p.parent_run_id, p.metadata, p.started = run_id, call.parent_run_id, metadata, time.time()
         if not self.pending.claim(run_id, p):
             return None
         return Begun(run_id, p, plan)
@@ -356,6 +359,11 @@ class Flows:
             scopes=p.labels,
             outcome=outcome,
             output_cap_fitted=p.fitted,
+            run_id=p.run_id,
+            parent_run_id=p.parent_run_id,
+            metadata=caller_metadata(p.metadata),
+            started_at=utc(p.started) if p.started else None,
+            ended_at=datetime.now(timezone.utc),
         )
         if debug:
             logger.debug("budgetguard: %s", rec)
@@ -386,6 +394,17 @@ class Flows:
                     if getattr(lim, quantity) is not None:
                         rows.append(row(label, lim, quantity, st))
         return BudgetStatus(tuple(rows), skipped, Amount(self.minimal_nanos, MINIMAL_CALL_TOKENS, 1))
+
+
+def caller_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The caller's metadata, without LangChain's ``ls_*`` keys and the guard's own markers."""
+    if not metadata:
+        return {}
+    return {k: v for k, v in metadata.items() if not k.startswith(("ls_", "budgetguard"))}
+
+
+def utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, timezone.utc)
 
 
 _unpriced_served: set[str] = set()

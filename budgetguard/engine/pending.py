@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from ..pricing import Rates
@@ -57,6 +58,10 @@ class Pending:
     prefix: bytes | None = None  # the prompt's fingerprint: its reported input is remembered under it
     fit: bool = False  # the model sends a fitted output cap (``fit_max_tokens``): a refusal may fit
     fitted: int | None = None  # the output cap the call was lowered to, to be sent as its max tokens
+    run_id: UUID | None = None  # the model call's LangChain run id, and its parent's, for records
+    parent_run_id: UUID | None = None
+    metadata: Mapping[str, Any] | None = None  # the caller's metadata the plan was read from
+    started: float = 0.0  # time.time() at the start event
     deferred: object = None  # unreserved, for the cache to answer: what to reserve if the model is called
 
 

@@ -44,6 +44,7 @@ class CallStart:
     hint: ModelHint
     owner: object = None  # the handler delivering it: only its end or error will settle the call
     deferred: bool = False  # LangChain's cache will answer: reserve nothing unless the model is called
+    parent_run_id: UUID | None = None  # the run around the call (a chain, an agent step), for records
 
     @property
     def event(self) -> object:
