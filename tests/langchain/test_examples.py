@@ -19,6 +19,7 @@ EXPECT = {
     "per_user_quota.py": ["alice: ok", "alice: refused (user:alice", "bob: ok", "user:carol"],
     "degrade.py": ["refused: Budget exceeded", "gpt-4o-mini", "provider calls: gpt-4o"],
     "structured_output.py": ["name='Ada' age=36", "recorded:"],
+    "fastapi_tenants.py": ["as alice: 200", "as alice: 429", "Retry-After", "without x-org-id: 400"],
 }
 
 
