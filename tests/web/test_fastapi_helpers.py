@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations`: FastAPI must evaluate the local Depends(...) annotations.
 
+import asyncio
 import math
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from budgetguard import (
     BudgetExceeded,
     BudgetGuard,
     BudgetStatus,
+    CallRecord,
     ConfigError,
     Limit,
 )
@@ -226,6 +228,56 @@ async def test_stream_admitted_then_refused_as_429_not_broken_200(path: str) -> 
     assert fake.calls.count == 2
     row = guard.remaining(user_id="streamer").rows[0]
     assert (row.spent, row.reserved) == (2, 0)  # both streams were settled when their bodies ended
+
+
+async def test_a_client_that_goes_away_mid_stream_is_charged_and_released() -> None:
+    """Raw ASGI (httpx's transport reads whole bodies): the client disconnects after one chunk."""
+    records: list[CallRecord] = []
+    guard = BudgetGuard(limits=[Limit(usd="1", per="day")], on_record=records.append)
+    llm = guard.wrap(FakeChatModel(responses=["word " * 2000], latency=0.001))
+    app = FastAPI()
+
+    @app.get("/s")
+    async def s() -> StreamingResponse:
+        return await stream_response(llm.astream("hi", max_tokens=5000))
+
+    sent: list[dict[str, Any]] = []
+    first_body = asyncio.Event()
+    asked = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await first_body.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and message.get("body"):
+            first_body.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/s",
+        "raw_path": b"/s",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [],
+        "client": ("test", 1),
+        "server": ("test", 80),
+    }
+    await app(scope, receive, send)
+    bodies = [m["body"] for m in sent if m["type"] == "http.response.body" and m.get("body")]
+    assert sent[0]["status"] == 200 and 1 <= len(bodies) < 100  # of 2,500 chunks
+    assert [r.outcome for r in records] == ["estimated"]  # the abandoned stream is charged
+    row = guard.remaining().rows[0]
+    assert row.reserved == 0 and row.spent == records[0].cost_usd > 0
 
 
 async def test_a_naive_streaming_response_breaks_its_200() -> None:
