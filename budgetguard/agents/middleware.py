@@ -37,6 +37,7 @@ from ..engine import Engine
 from ..errors import BudgetExceeded, ConfigError
 from ..guard import BudgetGuard
 from ..status import BudgetStatus
+from ..units import format_quantity
 from . import tools as tool_charges
 from .models import Candidates
 from .runs import Run, active_run, install_tap, runs, scope_values
@@ -44,8 +45,8 @@ from .state import BudgetState, RunBudget
 
 __all__ = ["BudgetMiddleware"]
 
-#: The final answer of a run the budget ended (``exit_behavior="end"``).
-END_TEXT = "I have to stop here: this run's budget is exhausted. {reason}"
+#: The final answer of a run the budget ended (``exit_behavior="end"``); the full reason is in the state.
+END_TEXT = "I have to stop here: this run's budget is exhausted ({limit})."
 #: Added to the system message of the calls after ``wrap_up_at`` (sent with no tools).
 WRAP_UP_TEXT = (
     "Budget notice: this run has used {percent}% of its budget. Do not call tools. "
@@ -224,7 +225,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetState, Any, Any]):
             raise exc
         run.ended_by_budget, run.reason = True, exc.reason()
         final = AIMessage(
-            content=END_TEXT.format(reason=run.reason),
+            content=END_TEXT.format(limit=_short(exc)),
             response_metadata={"finish_reason": BUDGET_EXHAUSTED},
         )
         return self._answer(run, ModelResponse(result=[final]))
@@ -303,6 +304,13 @@ def _with_note(system: SystemMessage | None, note: str) -> SystemMessage:
     if isinstance(content, str):
         return SystemMessage(content=f"{content}\n\n{note}" if content else note)
     return SystemMessage(content=[*content, {"type": "text", "text": note}])
+
+
+def _short(exc: BudgetExceeded) -> str:
+    """Which limit, and what is left of it: ``run:abc, $0.50 limit, $0.0012 left``."""
+    q = exc.quantity
+    cap, left = format_quantity(q, exc.limit.value(q)), format_quantity(q, exc.remaining)
+    return f"{exc.scope}, {cap} limit, {left} left"
 
 
 def _tool_refused(request: ToolCallRequest, exc: BudgetExceeded) -> ToolMessage:

@@ -42,7 +42,8 @@ def test_a_runaway_loop_ends_gracefully_with_at_least_90_percent_spent_and_never
 
     final = state["messages"][-1]
     assert isinstance(final, AIMessage) and not final.tool_calls
-    assert "budget is exhausted" in final.text
+    assert final.text.startswith("I have to stop here: this run's budget is exhausted (run:")
+    assert "$0.02 limit" in final.text
     assert final.response_metadata["finish_reason"] == BUDGET_EXHAUSTED
     budget = state["budget"]
     assert budget["ended_by_budget"] is True and "Budget exceeded for run:" in budget["reason"]

@@ -19,6 +19,12 @@ EXPECT = {
     "per_user_quota.py": ["alice: ok", "alice: refused (user:alice", "bob: ok", "user:carol"],
     "degrade.py": ["refused: Budget exceeded", "gpt-4o-mini", "provider calls: gpt-4o"],
     "structured_output.py": ["name='Ada' age=36", "recorded:"],
+    "agent_budget.py": [
+        "final answer: I have to stop here: this run's budget is exhausted (run:",
+        "ended by the budget: True",
+        "final answer: Best answer from what I found.",
+        "wrapped up: True, ended by the budget: False",
+    ],
 }
 
 
