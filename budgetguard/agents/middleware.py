@@ -34,7 +34,7 @@ from langgraph.types import Command
 from ..adapter.enforce import enforcing
 from ..adapter.handler import context_scopes
 from ..engine import Engine
-from ..errors import BudgetExceeded, ConfigError
+from ..errors import BudgetExceeded, BudgetStoreUnavailable, ConfigError
 from ..guard import BudgetGuard
 from ..status import BudgetStatus
 from ..units import format_quantity
@@ -166,7 +166,10 @@ class BudgetMiddleware(AgentMiddleware[BudgetState, Any, Any]):
         run = self._run(request.state, request.runtime)
         with _scoped(run):
             if self.wrap_up_at is not None and not run.wrapped_up:
-                self._check_wrap_up(run, self.guard.remaining(**self._metadata(run)))
+                try:
+                    self._check_wrap_up(run, self.guard.remaining(**self._metadata(run)))
+                except BudgetStoreUnavailable:  # the call itself meets the guard's on_store_error
+                    pass
             request = self._wrapped_up(request, run)
             first: BudgetExceeded | None = None
             for model in self.models.of(request.model):
@@ -185,7 +188,10 @@ class BudgetMiddleware(AgentMiddleware[BudgetState, Any, Any]):
         run = self._run(request.state, request.runtime)
         with _scoped(run):
             if self.wrap_up_at is not None and not run.wrapped_up:
-                self._check_wrap_up(run, await self.guard.aremaining(**self._metadata(run)))
+                try:
+                    self._check_wrap_up(run, await self.guard.aremaining(**self._metadata(run)))
+                except BudgetStoreUnavailable:
+                    pass
             request = self._wrapped_up(request, run)
             first: BudgetExceeded | None = None
             for model in self.models.of(request.model):

@@ -154,3 +154,19 @@ def test_an_already_wrapped_model_is_counted_once() -> None:
     assert len(records) == model.calls.count == budget["calls"]
     spent = Decimal(usd_row(guard, run_id=budget["run_id"]).spent)
     assert spent == sum(r.cost_usd for r in records) == reported_usd(model) <= Decimal("0.02")
+
+
+def test_wrap_up_with_the_store_down_leaves_the_call_to_the_guards_failure_mode(tmp_path: Any) -> None:
+    guard = BudgetGuard(
+        limits=[Limit(usd=1, scope="run:{run_id}")],
+        prices=PRICES,
+        store="redis://127.0.0.1:1/0",
+        store_timeout=0.2,
+        on_store_error="open",
+        spool_dir=tmp_path,
+    )
+    model = FakeChatModel(responses=["answered"])
+    agent = create_agent(model, [], middleware=[BudgetMiddleware(guard, wrap_up_at=0.9)])
+    state = agent.invoke({"messages": [HumanMessage("hi")]})
+    assert state["messages"][-1].text == "answered" and not state["budget"]["wrapped_up"]
+    assert model.calls.count == 1 and any(tmp_path.iterdir())  # fail open: the call went ahead, spooled
