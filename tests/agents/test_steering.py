@@ -170,3 +170,19 @@ def test_wrap_up_with_the_store_down_leaves_the_call_to_the_guards_failure_mode(
     state = agent.invoke({"messages": [HumanMessage("hi")]})
     assert state["messages"][-1].text == "answered" and not state["budget"]["wrapped_up"]
     assert model.calls.count == 1 and any(tmp_path.iterdir())  # fail open: the call went ahead, spooled
+
+
+async def test_a_paid_tool_is_charged_and_refused_on_the_async_path_too() -> None:
+    guard, records = guard_with(Limit(usd="0.015"))
+    search, ran = counting_search()
+    model = FakeChatModel(tool_args={"query": "budgets"}, responses=["Done."])
+    agent = create_agent(
+        model, [search], middleware=[BudgetMiddleware(guard, tool_costs={"web_search": "0.01"})]
+    )
+    first = await agent.ainvoke({"messages": [HumanMessage("search")]})
+    second = await agent.ainvoke({"messages": [HumanMessage("search again")]})
+    assert ran == ["budgets"] and first["budget"]["tool_calls"] == 1 and second["budget"]["tool_calls"] == 0
+    refusal = [m for m in second["messages"] if isinstance(m, ToolMessage)][-1]
+    assert refusal.status == "error" and "The budget refused this web_search call" in refusal.text
+    row = (await guard.aremaining()).rows[0]
+    assert row.reserved == 0 and Decimal(row.spent) == sum(r.cost_usd for r in records)
