@@ -87,3 +87,11 @@ def test_a_run_limit_without_expire_after_is_given_one() -> None:
     assert run_limit.expire_seconds == 3600 and global_limit.expire_seconds is None
     refs = guard.engine.plan({"run_id": "r"}).refs
     assert refs[0].expire_after == 3600 and refs[1].expire_after is None
+
+
+def test_a_run_ended_by_its_budget_logs_nothing_at_warning(caplog: pytest.LogCaptureFixture) -> None:
+    agent, _, _, _ = runaway_agent()
+    with caplog.at_level("WARNING"):
+        state = agent.invoke({"messages": [HumanMessage("go")]})  # type: ignore[attr-defined]
+    assert state["budget"]["ended_by_budget"]
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")] == []
