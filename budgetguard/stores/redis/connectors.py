@@ -240,13 +240,24 @@ def _seconds(name: str, text: str) -> float | None:
     return v
 
 
+def _prefix(name: str, text: str) -> str:
+    if not text:
+        raise ConfigError(f"{name} in the URL must not be empty")
+    return text
+
+
 #: The store's own URL options and how each is read; redis-py never sees them.
-_OPTIONS = {"allow_eviction": _flag, "ledger_maxlen": _count, "ledger_age": _seconds}
+_OPTIONS: dict[str, Any] = {
+    "allow_eviction": _flag,
+    "ledger_maxlen": _count,
+    "ledger_age": _seconds,
+    "prefix": _prefix,
+}
 
 
 def store_options(url: str) -> tuple[str, dict[str, Any]]:
-    """The store's own URL options (``?allow_eviction=true``, ``?ledger_maxlen=N``, ``?ledger_age=S``),
-    taken out before redis-py reads the URL."""
+    """The store's own URL options (``?allow_eviction=true``, ``?ledger_maxlen=N``, ``?ledger_age=S``,
+    ``?prefix=myapp:``), taken out before redis-py reads the URL."""
     parts = urlsplit(url)
     if not any(name in parts.query for name in _OPTIONS):
         return url, {}

@@ -12,14 +12,14 @@ Cluster a script cannot reach another slot. Limit definitions are the hash
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ...ledger import LedgerRecord
-from ...reservation import CounterSpec
+from .calls import FAILURES
 from .codec import decode_record, decode_text, root_tag
 
-__all__ = ["PAGE", "LedgerRoots", "read_stream"]
+__all__ = ["PAGE", "LedgerRoots", "read_all", "read_stream"]
 
 #: Entries read per XRANGE call.
 PAGE = 1000
@@ -36,11 +36,11 @@ class LedgerRoots:
         self.age = age  # seconds a stream is kept (None: no age bound, listed for ever)
         self._listed: dict[str, float] = {}  # base -> when this process last wrote it
 
-    def due(self, counters: Sequence[CounterSpec], now: float) -> dict[str, float]:
-        """The roots whose listing must be (re)written now, with their scores."""
+    def due(self, scopes: Iterable[str], now: float) -> dict[str, float]:
+        """The roots of ``scopes`` whose listing must be (re)written now, with their scores."""
         out: dict[str, float] = {}
-        for spec in counters:
-            base = f"{self.prefix}{{{root_tag(spec.ref.scope)}}}:"
+        for scope in scopes:
+            base = f"{self.prefix}{{{root_tag(scope)}}}:"
             if base not in out and now - self._listed.get(base, -math.inf) > _RELIST:
                 out[base] = math.inf if self.age is None else now + self.age + 2 * _RELIST
         if len(self._listed) > 10_000:
@@ -53,11 +53,45 @@ class LedgerRoots:
         for base in due:
             self._listed.pop(base, None)
 
+    def list_now(self, client: Any, scopes: Iterable[str], now: float) -> None:
+        """List these roots now if due (a settle of a root this process never reserved)."""
+        due = self.due(scopes, now)
+        if due and client is not None:
+            try:
+                self.write(client.pipeline(transaction=False), due, now).execute()
+            except FAILURES:
+                self.failed(due)  # listing only; retry next time
+
+    async def alist_now(self, async_client: Any, client: Any, scopes: Iterable[str], now: float) -> None:
+        if async_client is None:
+            self.list_now(client, scopes, now)  # the store has only a sync client: this one write blocks
+            return
+        due = self.due(scopes, now)
+        if due:
+            try:
+                await self.write(async_client.pipeline(transaction=False), due, now).execute()
+            except FAILURES:
+                self.failed(due)
+
     def write(self, pipe: Any, due: dict[str, float], now: float) -> Any:
         """Queue the write on a pipeline: raise the scores, drop streams that have expired."""
         pipe.zadd(self.key, {b: ("inf" if math.isinf(t) else t) for b, t in due.items()}, gt=True)
         pipe.zremrangebyscore(self.key, "-inf", f"({now}")
         return pipe
+
+
+def read_all(
+    client: Any, listings: Sequence[str], now: float, since: float | None, until: float | None
+) -> list[LedgerRecord]:
+    """The records of every root in ``listings`` (``ledgerz``, ``rootz``), oldest first."""
+    bases: set[Any] = set()
+    for key in listings:
+        bases |= set(client.zrangebyscore(key, now, "+inf"))
+    out: list[LedgerRecord] = []
+    for base in sorted(decode_text(b) for b in bases):
+        out += read_stream(client, f"{base}ledger", since, until)
+    out.sort(key=lambda r: (r.time_us, r.id))
+    return out
 
 
 def read_stream(client: Any, key: str, since: float | None, until: float | None) -> Iterator[LedgerRecord]:

@@ -21,7 +21,7 @@ from . import codec
 from .calls import FAILURES, mapped
 from .clients import describe, is_cluster, spool_key, sync_twin
 from .connectors import RedisConnector, Target, store_options
-from .ledger import LedgerRoots, read_stream
+from .ledger import LedgerRoots, read_all
 from .policy import refuse_eviction
 from .roots import Roots
 from .scripts import SOURCES
@@ -265,7 +265,9 @@ class RedisStore(Store):
 
     def _ledger_due(self, req: ReserveRequest) -> dict[str, float]:
         """The roots to list in ``ledgerz`` now (``ledger.py``); none when no ledger is kept."""
-        return self._ledger_roots.due(req.counters, self._clock()) if self.ledger_maxlen else {}
+        if not self.ledger_maxlen:
+            return {}
+        return self._ledger_roots.due([s.ref.scope for s in req.counters], self._clock())
 
     # ------------------------------------------------------------ the interface
 
@@ -285,11 +287,18 @@ class RedisStore(Store):
 
     def settle(self, req: SettleRequest) -> SettleOutcome:
         keys, args = self._settle_args(req, "settle")
-        return codec.decode_text(self._call("settle", keys, args))  # type: ignore[return-value]
+        out = codec.decode_text(self._call("settle", keys, args))
+        if self.ledger_maxlen:  # a root it never reserved: rare, and at most once an hour
+            self._ledger_roots.list_now(self.client, [r.scope for r in req.counters], self._clock())
+        return out  # type: ignore[return-value]
 
     async def asettle(self, req: SettleRequest) -> SettleOutcome:
         keys, args = self._settle_args(req, "settle")
-        return codec.decode_text(await self._acall("settle", keys, args))  # type: ignore[return-value]
+        out = codec.decode_text(await self._acall("settle", keys, args))
+        if self.ledger_maxlen:
+            scopes = [r.scope for r in req.counters]
+            await self._ledger_roots.alist_now(self.async_client, self.client, scopes, self._clock())
+        return out  # type: ignore[return-value]
 
     def release(self, lease_id: str, counters: tuple[CounterRef, ...]) -> bool:
         keys, args = self._release_args(lease_id, counters)
@@ -346,24 +355,11 @@ class RedisStore(Store):
         seen = sorted(((float(v), codec.decode_text(k)) for k, v in raw.items()), reverse=True)
         return [d for _, text in seen if (d := decode_def(text)) is not None]
 
-    def ledger_keys(self) -> list[str]:
-        """The ledger streams of every root listed in ``ledgerz`` or ``rootz``."""
-        c = self._sync_client("ledger_keys()")
-        now = self._clock()
-        with mapped(self.label, self.timeout, self.attempts, "ledger"):
-            bases = {*c.zrangebyscore(self._ledger_roots.key, now, "+inf")}
-            bases |= {*c.zrangebyscore(self._roots.key, now, "+inf")}
-        return sorted(f"{codec.decode_text(b)}ledger" for b in bases)
-
     def ledger_records(self, since: float | None = None, until: float | None = None) -> list[LedgerRecord]:
         """Every ledger stream's records with ``since <= time < until``, oldest first."""
         c = self._sync_client("ledger_records()")
-        out: list[LedgerRecord] = []
         with mapped(self.label, self.timeout, self.attempts, "ledger"):
-            for key in self.ledger_keys():
-                out += read_stream(c, key, since, until)
-        out.sort(key=lambda r: (r.time_us, r.id))
-        return out
+            return read_all(c, [self._ledger_roots.key, self._roots.key], self._clock(), since, until)
 
     def _sync_client(self, what: str) -> Any:
         if self.client is None:

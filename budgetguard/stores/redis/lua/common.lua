@@ -14,7 +14,7 @@
 --   sz             zset of "<scope>\t<per>" used under this root, by when the counter is
 --                  forgotten (ms; inf for limits without expire_after)
 --   ledger         stream: one entry per change to spent (budgetguard/ledger.py), trimmed to
---                  about LEDGER_MAXLEN entries and LEDGER_AGE_MS; expires when idle that long
+--                  about LEDGER_MAXLEN entries and to LEDGER_AGE_MS; expires when idle that long
 --
 -- FIELDS (the hash fields, in the order of every reply) is not declared here: scripts.py
 -- generates its line from budgetguard/stores/redis/codec.py's FIELDS and puts it first.
@@ -282,12 +282,13 @@ end
 local function ledger_add(base, now, outcome, lease_id, estimated, amount, charges, note)
   if LEDGER_MAXLEN <= 0 then return end
   local key = base .. 'ledger'
-  redis.call('XADD', key, 'MAXLEN', '~', I(LEDGER_MAXLEN), '*',
+  local id = redis.call('XADD', key, 'MAXLEN', '~', I(LEDGER_MAXLEN), '*',
     't', I(now), 'o', outcome, 'l', lease_id, 'e', estimated and '1' or '0',
     'a', I(amount[1]) .. ' ' .. I(amount[2]) .. ' ' .. I(amount[3]),
     'c', cjson.encode(charges), 'm', note or '')
-  if LEDGER_AGE_MS > 0 then
-    redis.call('XTRIM', key, 'MINID', '~', I(math.floor(now / 1000) - LEDGER_AGE_MS))
+  if LEDGER_AGE_MS > 0 then  -- by the entry ids' clock (the server's), whatever clock `now` is
+    local ms = tonumber(string.match(id, '^(%d+)'))
+    redis.call('XTRIM', key, 'MINID', I(ms - LEDGER_AGE_MS))
     redis.call('PEXPIRE', key, I(LEDGER_AGE_MS))
   end
 end
