@@ -116,17 +116,18 @@ def table(
         from rich.table import Table
 
         t = Table(title=title, box=rich.box.SIMPLE_HEAD)
-        first = min(max([len(columns[0]), *(len(r[0]) for r in rows)]), 60)
-        for c in columns:
+        widths = [max([len(c), *(len(r[j]) for r in rows)]) for j, c in enumerate(columns)]
+        for c, w in zip(columns, widths, strict=True):
+            first = c == columns[0]  # the scope: folded rather than cut when the terminal is narrow
             t.add_column(
                 c,
                 justify="right" if c in right else "left",
-                no_wrap=True,
-                min_width=first if c == columns[0] else None,
-                overflow="fold",
+                no_wrap=not first,
+                overflow="fold" if first else "ellipsis",
+                min_width=min(w, 24) if first else w,
             )
         if bars is not None:
-            t.add_column("used", no_wrap=True)
+            t.add_column("used", no_wrap=True, min_width=_BAR + 5)
         for i, r in enumerate(rows):
             cells: list[Any] = list(r)
             if bars is not None:
@@ -134,7 +135,9 @@ def table(
                 style = "red" if f >= 1 else "yellow" if f >= 0.8 else "green"
                 cells.append(_bar_cell(ProgressBar, f, style))
             t.add_row(*cells)
-        Console(file=out, width=max(_width(out), 100)).print(t)
+        needed = sum(w + 3 for w in widths) + (_BAR + 8 if bars is not None else 0) + 2
+        width = _width(out) or needed  # a pipe or a file: as wide as the rows need
+        Console(file=out, width=width).print(t)
         return
     cols = [*columns, *(["used"] if bars is not None else [])]
     body = [[*r, *([bar(bars[i])] if bars is not None else [])] for i, r in enumerate(rows)]
@@ -160,17 +163,21 @@ def _bar_cell(progress_bar: Any, fraction: float, style: str) -> Any:
 
     grid = Table.grid(padding=(0, 1))
     grid.add_row(
-        progress_bar(total=1.0, completed=min(fraction, 1.0), width=16, complete_style=style),
+        progress_bar(total=1.0, completed=min(fraction, 1.0), width=_BAR, complete_style=style),
         f"{fraction * 100:.0f}%",
     )
     return grid
 
 
+_BAR = 16  # characters of a rich usage bar
+
+
 def _width(out: TextIO) -> int:
+    """The terminal's width, or 0 when ``out`` is no terminal."""
     try:
-        return os.get_terminal_size(out.fileno()).columns
+        return os.get_terminal_size(out.fileno()).columns if out.isatty() else 0
     except (AttributeError, OSError, ValueError):
-        return 120
+        return 0
 
 
 def stdout() -> TextIO:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from ..definitions import LimitDef, caps_for, label_of
 from ..reservation import CounterRef, CounterState
@@ -20,7 +21,7 @@ from ..stores.redis.codec import root_tag
 from ..units import QUANTITY_NAMES, Quantity, counter_field, format_quantity, to_usd
 from ..windows import as_datetime, window_end
 
-__all__ = ["Row", "collect", "read_states"]
+__all__ = ["Row", "Standing", "collect", "read_states", "standings", "usd_row"]
 
 _CHUNK = 200
 
@@ -97,8 +98,20 @@ def read_states(store: Store, refs: Sequence[CounterRef]) -> list[CounterState]:
     return [st for st in out if st is not None]
 
 
-def collect(store: Store, prefix: str | None = None, defs: Sequence[LimitDef] | None = None) -> list[Row]:
-    """Every counter's rows (one per capped quantity; USD alone for a counter with no known cap)."""
+class Standing(NamedTuple):
+    """One counter now: its scope as written, its key, period, state and caps."""
+
+    scope: str
+    key: str
+    per: str
+    state: CounterState
+    caps: dict[Quantity, int]
+
+
+def standings(
+    store: Store, prefix: str | None = None, defs: Sequence[LimitDef] | None = None
+) -> list[Standing]:
+    """Every counter the store lists (under ``prefix``, as written or as stored), read now."""
     defs = store.limit_definitions() if defs is None else defs
     pairs = []
     for key, per in store.scopes():
@@ -106,14 +119,26 @@ def collect(store: Store, prefix: str | None = None, defs: Sequence[LimitDef] | 
         if prefix is None or label.startswith(prefix) or key.startswith(prefix):
             pairs.append((key, per, label))
     states = read_states(store, [CounterRef(key, per) for key, per, _ in pairs])
+    return [
+        Standing(label, key, per, st, caps_for(key, per, defs))
+        for (key, per, label), st in zip(pairs, states, strict=True)
+    ]
+
+
+def collect(store: Store, prefix: str | None = None, defs: Sequence[LimitDef] | None = None) -> list[Row]:
+    """Every counter's rows (one per capped quantity; USD alone for a counter with no known cap)."""
     rows: list[Row] = []
-    for (key, per, label), st in zip(pairs, states, strict=True):
-        caps = caps_for(key, per, defs)
-        quantities = [q for q in QUANTITY_NAMES if q in caps] or ["usd"]
+    for s in standings(store, prefix, defs):
+        quantities = [q for q in QUANTITY_NAMES if q in s.caps] or ["usd"]
         for q in quantities:
-            rows.append(_row(label, key, per, q, caps.get(q), st))
+            rows.append(_row(s.scope, s.key, s.per, q, s.caps.get(q), s.state))
     rows.sort(key=lambda r: (r.scope, _PER_ORDER.get(r.per, 9), QUANTITY_NAMES.index(r.quantity)))
     return rows
+
+
+def usd_row(s: Standing) -> Row:
+    """A counter's USD standing, capped or not (``top`` ranks every counter by it)."""
+    return _row(s.scope, s.key, s.per, "usd", s.caps.get("usd"), s.state)
 
 
 _PER_ORDER = {p: i for i, p in enumerate(("minute", "hour", "day", "week", "month", "lifetime"))}

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from ..definitions import keys_for, label_of
 from ..units import format_usd, to_usd
 from .common import EXIT_OK, EXIT_PROBLEM, CliError, open_store, store_parent, table
-from .counters import Row, collect
+from .counters import Row, collect, standings, usd_row
 
 __all__ = ["add_commands"]
 
@@ -105,22 +105,37 @@ def top(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CliError(f"-n must be at least 1, got {args.n}")
     store = open_store(args)
-    by_counter: dict[tuple[str, str], list[Row]] = {}
-    for r in collect(store):
-        by_counter.setdefault((r.key, r.per), []).append(r)
-    ranked = sorted(by_counter.values(), key=_rank, reverse=True)[: args.n]
-    usd = [next((r for r in rows if r.quantity == "usd"), rows[0]) for rows in ranked]
+    ranked = sorted(standings(store), key=lambda s: tuple(s.state.spent), reverse=True)[: args.n]
     if args.json:
-        json.dump([r.to_json() for r in usd], sys.stdout, indent=2)
+        rows = [
+            {**usd_row(s).to_json(), "tokens": s.state.spent.tokens, "requests": s.state.spent.requests}
+            for s in ranked
+        ]
+        json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return EXIT_OK
-    _rows_table(sys.stdout, usd, title=f"top {len(usd)} by spend in the current window")
+    cells = []
+    for s in ranked:
+        r = usd_row(s)
+        cells.append(
+            [
+                r.scope,
+                r.per,
+                r.fmt(r.spent),
+                f"{s.state.spent.tokens:,}",
+                f"{s.state.spent.requests:,}",
+                r.fmt(r.cap),
+            ]
+        )
+    table(
+        sys.stdout,
+        ["scope", "window", "spent", "tokens", "requests", "USD cap"],
+        cells,
+        right=["spent", "tokens", "requests", "USD cap"],
+        title=f"top {len(ranked)} by USD spent in the current window",
+        bars=[usd_row(s).used for s in ranked],
+    )
     return EXIT_OK
-
-
-def _rank(rows: list[Row]) -> tuple[int, int, int]:
-    got = {r.quantity: r.spent_raw for r in rows}
-    return got.get("usd", 0), got.get("tokens", 0), got.get("requests", 0)
 
 
 def scopes(args: argparse.Namespace) -> int:

@@ -69,8 +69,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def status_json(capsys: Any, app: App, *more: str) -> list[dict[str, Any]]:
-    code, out, _ = run(capsys, "status", "--store", app.url, "--json", *more)
+def status_json(capsys: Any, url: str, *more: str) -> list[dict[str, Any]]:
+    code, out, _ = run(capsys, "status", "--store", url, "--json", *more)
     assert code == 0
     rows: list[dict[str, Any]] = json.loads(out)
     return rows
@@ -91,7 +91,7 @@ def test_status_shows_every_scope_as_written_with_its_cap(app: App, capsys: Any)
 
 
 def test_status_json_rows_carry_money_as_strings_and_match_the_guard(app: App, capsys: Any) -> None:
-    rows = status_json(capsys, app)
+    rows = status_json(capsys, app.url)
     org = next(r for r in rows if r["scope"] == "org:acme" and r["quantity"] == "usd")
     assert isinstance(org["spent"], str) and isinstance(org["cap"], str) and org["cap"] == "0.01"
     shown = app.guard.remaining(org="acme", user="alice@example.com")
@@ -105,7 +105,7 @@ def test_status_json_rows_carry_money_as_strings_and_match_the_guard(app: App, c
         tokens["spent"] == by[("org:acme/user:alice@example.com", "tokens")].spent and tokens["cap"] == 1000
     )
     assert tokens["resets_at"] is None and org["resets_at"].endswith("+00:00")
-    only = status_json(capsys, app, "--scope", "org:acme/user:a")
+    only = status_json(capsys, app.url, "--scope", "org:acme/user:a")
     assert {r["scope"] for r in only} == {"org:acme/user:alice@example.com"}
 
 
@@ -147,7 +147,7 @@ def test_reset_asks_unless_yes(app: App, capsys: Any, monkeypatch: pytest.Monkey
 
 def test_the_export_sums_to_what_status_shows(app: App, capsys: Any) -> None:
     app.guard.reset("org:acme/user:bob@example.com")  # a reset is in the ledger too
-    rows = status_json(capsys, app)
+    rows = status_json(capsys, app.url)
     code, out, _ = run(capsys, "ledger", "export", "--store", app.url, "--format", "csv")
     assert code == 0
     sums: dict[tuple[str, str], Decimal] = {}
@@ -256,3 +256,20 @@ def test_spool_status_and_replay(app: App, capsys: Any, tmp_path: Path) -> None:
     assert code == 0 and "replayed 1 write(s); 0 still waiting" in out
     assert app.store.status([ref])[0].spent == Amount(123, 4, 1)
     assert run(capsys, "spool", "status", "--dir", str(tmp_path / "none"))[0] == 1
+
+
+def test_on_cluster_status_and_the_export_read_every_slot(redis_cluster: Any, capsys: Any) -> None:
+    prefix = f"clc-{uuid.uuid4().hex[:8]}:"
+    url = f"{redis_cluster.url}?prefix={prefix}"
+    store = RedisStore.from_url(redis_cluster.url, prefix=prefix)
+    guard = BudgetGuard(limits=[Limit(usd=1, scope="org:{org}")], store=store, prices=PRICES)
+    model = guard.wrap(FakeChatModel(model_name="test-model", output_tokens=10))
+    orgs = [f"o{i}" for i in range(6)]  # roots spread over the cluster's slots
+    for org in orgs:
+        model.invoke("hi", config={"metadata": {"org": org}})
+    rows = status_json(capsys, url, "--scope", "org:o")
+    assert sorted(r["scope"] for r in rows) == [f"org:{o}" for o in orgs]
+    code, out, _ = run(capsys, "ledger", "export", "--store", url, "--format", "jsonl")
+    recs = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and sorted(r["scopes"][0]["scope"] for r in recs) == [f"org:{o}" for o in orgs]
+    assert sum(Decimal(r["cost_usd"]) for r in recs) == sum(Decimal(r["spent"]) for r in rows)

@@ -229,3 +229,16 @@ def test_on_redis_definitions_cost_one_round_trip_once(redis_server: RedisServer
         FakeChatModel(model_name="test-model")
     ).invoke("hi", config={"metadata": {"org": "b"}})
     assert client.hlen(f"{prefix}limits") == 1
+
+
+async def test_the_async_path_defines_once_and_writes_the_ledger(kind: Any) -> None:
+    name, server = kind
+    store = new_store(name, server, FakeClock(time.time()))
+    guard = BudgetGuard(limits=[Limit(usd=1, per="hour", scope="team:{team}")], store=store, prices=PRICES)
+    model = guard.wrap(FakeChatModel(model_name="test-model", output_tokens=7))
+    for _ in range(3):
+        await model.ainvoke("hi", config={"metadata": {"team": "t 1"}})
+    assert store.limit_definitions() == [LimitDef("team:{team}", "hour", "usd", 10**9)]
+    records = store.ledger_records()
+    assert [r.outcome for r in records] == ["settled"] * 3
+    assert_exact(store, records)
