@@ -134,6 +134,19 @@ class DriverState:
         self.breaker.reset()  # the store answered: calls need not wait out the cooldown
         return applied
 
+    def define(self, write: Callable[[], Any]) -> bool:
+        """Record the limit definitions (``Define``); quietly ``False`` if the store cannot now.
+
+        The CLI's view only: a failure neither trips the breaker nor reaches the call.
+        """
+        if self.breaker.is_open():
+            return False
+        try:
+            write()
+        except BudgetStoreUnavailable:
+            return False
+        return True
+
     def append(self, entry: dict[str, Any]) -> None:
         assert self.spool is not None, "a flow spools only when the guard has a spool"
         self.spool.append(entry)
@@ -147,7 +160,6 @@ def _calls(store: Store) -> dict[type, Callable[[Any], Any]]:
         Release: lambda op: store.release(op.lease_id, op.counters),
         Status: lambda op: store.status(list(op.refs)),
         Reset: lambda op: store.reset(op.scope),
-        Define: lambda op: store.define_limits(op.defs),
     }
 
 
@@ -182,6 +194,8 @@ class SyncDriver:
             return state.append(op.entry)
         if kind is Replay:
             return state.replay()
+        if kind is Define:
+            return state.define(lambda: self._store.define_limits(op.defs))  # type: ignore[union-attr]
         if not state.started:
             state.start()
         breaker, name = state.breaker, op.operation  # type: ignore[union-attr]
@@ -214,7 +228,6 @@ class AsyncDriver:
             Release: lambda op: store.arelease(op.lease_id, op.counters),
             Status: lambda op: store.astatus(list(op.refs)),
             Reset: lambda op: store.areset(op.scope),
-            Define: lambda op: store.adefine_limits(op.defs),
         }
 
     async def run(self, flow: Flow[T]) -> T:
@@ -238,6 +251,8 @@ class AsyncDriver:
             return await asyncio.to_thread(state.append, op.entry)
         if kind is Replay:
             return await self._replay()
+        if kind is Define:
+            return await self._define(op)  # type: ignore[arg-type]
         if not state.started:
             await asyncio.to_thread(state.start)
         breaker, name = state.breaker, op.operation  # type: ignore[union-attr]
@@ -250,6 +265,16 @@ class AsyncDriver:
         if state.spool is not None:
             await self._replay()
         return out
+
+    async def _define(self, op: Define) -> bool:
+        state = self.state
+        if state.breaker.is_open():
+            return False
+        try:
+            await state.store.adefine_limits(op.defs)
+        except BudgetStoreUnavailable:
+            return False
+        return True
 
     async def _replay(self) -> None:
         if self.state.wants_replay():

@@ -225,11 +225,9 @@ class Flows:
     def define(self) -> Flow[None]:
         """Record the limit definitions in the store, once: after the first reserve it answered,
         so constructors do no I/O and later calls make no extra round trip."""
-        self.defined = True
-        try:
-            yield from ops.define(self.definitions)
-        except BudgetStoreUnavailable:
-            self.defined = False  # tried again after a later reserve
+        self.defined = True  # (set first: concurrent calls need not all write them)
+        if not (yield from ops.define(self.definitions)):
+            self.defined = False  # the store could not take them now: tried again after a later reserve
 
     # ------------------------------------------------------------ during a stream
 

@@ -115,8 +115,9 @@ def reset(scope: str) -> Flow[int]:
     return cast(int, (yield Reset(scope)))
 
 
-def define(defs: tuple[LimitDef, ...]) -> Flow[None]:
-    yield Define(defs)
+def define(defs: tuple[LimitDef, ...]) -> Flow[bool]:
+    """True once the store took them; False if it could not now (never raised: see DriverState)."""
+    return cast(bool, (yield Define(defs)))
 
 
 def spool_append(entry: dict[str, Any]) -> Flow[None]:

@@ -19,7 +19,7 @@ import pytest
 from clock import FakeClock
 from redis_servers import RedisServer
 
-from budgetguard import BudgetGuard, Limit
+from budgetguard import BudgetGuard, BudgetStoreUnavailable, Limit
 from budgetguard.definitions import LimitDef, definitions_of
 from budgetguard.ledger import LedgerNote, LedgerRecord, totals
 from budgetguard.pricing import Price
@@ -204,6 +204,29 @@ def test_a_guard_records_its_limit_definitions_once_after_its_first_reserve() ->
         LimitDef("global", "lifetime", "requests", 5),
     }
     assert set(definitions_of(limits)) == set(store.limit_definitions())
+
+
+class FlakyDefines(CountingStore):
+    """Its first definitions write fails as an outage would."""
+
+    def define_limits(self, defs: Any) -> None:
+        if not self.defines:
+            self.defines.append(())
+            raise BudgetStoreUnavailable("flaky", None, problem="dropped the write")
+        super().define_limits(defs)
+
+
+def test_a_failed_definitions_write_never_breaks_a_call_and_is_tried_again() -> None:
+    store = FlakyDefines()
+    guard = BudgetGuard(limits=[Limit(usd=1)], store=store, prices=PRICES)
+    model = guard.wrap(FakeChatModel(model_name="test-model", output_tokens=5))
+    model.invoke("hi")  # reserved, definitions refused, settled: the call is unaffected
+    assert store.limit_definitions() == [] and len(store.ledger_records()) == 1
+    assert not guard.engine._sync.state.breaker.is_open()  # nor is the breaker tripped
+    model.invoke("hi")
+    assert store.limit_definitions() == [LimitDef("global", "lifetime", "usd", 10**9)]
+    model.invoke("hi")
+    assert len(store.defines) == 2 and len(store.ledger_records()) == 3
 
 
 def test_on_redis_definitions_cost_one_round_trip_once(redis_server: RedisServer) -> None:
