@@ -63,17 +63,26 @@ class LedgerNote(NamedTuple):
     provider: str | None = None
     tokens: tuple[tuple[str, int], ...] = ()  # by kind: input, output, cache_read, reasoning...
     run_id: str | None = None
+    #: (store key, scope as the user wrote it), for the keys whose values were percent-encoded
+    scopes: tuple[tuple[str, str], ...] = ()
+
+    def label(self, key: str) -> str | None:
+        """The scope as written for a store key this note names, else ``None``."""
+        for k, label in self.scopes:
+            if k == key:
+                return label
+        return None
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "model": self.model,
-                "provider": self.provider,
-                "tokens": dict(self.tokens),
-                "run_id": self.run_id,
-            },
-            separators=(",", ":"),
-        )
+        d: dict[str, Any] = {
+            "model": self.model,
+            "provider": self.provider,
+            "tokens": dict(self.tokens),
+            "run_id": self.run_id,
+        }
+        if self.scopes:
+            d["scopes"] = [list(p) for p in self.scopes]
+        return json.dumps(d, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes | None) -> LedgerNote:
@@ -82,23 +91,38 @@ class LedgerNote(NamedTuple):
         try:
             d = json.loads(text)
             tokens = tuple((str(k), int(v)) for k, v in (d.get("tokens") or {}).items())
-            return cls(str(d.get("model") or ""), d.get("provider"), tokens, d.get("run_id"))
+            scopes = tuple((str(k), str(v)) for k, v in d.get("scopes") or ())
+            return cls(str(d.get("model") or ""), d.get("provider"), tokens, d.get("run_id"), scopes)
         except (ValueError, TypeError, AttributeError):
             return cls()
 
     def to_list(self) -> list[Any]:
         """For a spool line (JSON)."""
-        return [self.model, self.provider, [list(t) for t in self.tokens], self.run_id]
+        return [
+            self.model,
+            self.provider,
+            [list(t) for t in self.tokens],
+            self.run_id,
+            [list(p) for p in self.scopes],
+        ]
 
     @classmethod
     def from_list(cls, v: Any) -> LedgerNote | None:
-        if not isinstance(v, list) or len(v) != 4:
+        if not isinstance(v, list) or len(v) not in (4, 5):
             return None
-        return cls(str(v[0]), v[1], tuple((str(k), int(n)) for k, n in v[2]), v[3])
+        scopes = tuple((str(k), str(lb)) for k, lb in (v[4] if len(v) == 5 else ()))
+        return cls(str(v[0]), v[1], tuple((str(k), int(n)) for k, n in v[2]), v[3], scopes)
 
 
-def note_for(model: str, provider: str | None, usage: TokenUsage, run_id: object = None) -> LedgerNote:
-    """The note of one call: its model, provider, tokens by kind (zeros left out) and run id."""
+def note_for(
+    model: str,
+    provider: str | None,
+    usage: TokenUsage,
+    run_id: object = None,
+    scopes: Iterable[tuple[str, str]] = (),
+) -> LedgerNote:
+    """The note of one call: its model, provider, tokens by kind (zeros left out), run id, and
+    its scopes as written where they differ from the store keys (``scopes``: key, label pairs)."""
     counts = (
         usage.input_tokens,
         usage.output_tokens,
@@ -110,7 +134,8 @@ def note_for(model: str, provider: str | None, usage: TokenUsage, run_id: object
         usage.reasoning,
     )
     tokens = tuple((k, n) for k, n in zip(TOKEN_KINDS, counts, strict=True) if n)
-    return LedgerNote(model, provider, tokens, None if run_id is None else str(run_id))
+    written = tuple((k, label) for k, label in scopes if k != label)
+    return LedgerNote(model, provider, tokens, None if run_id is None else str(run_id), written)
 
 
 class Charge(NamedTuple):

@@ -103,7 +103,7 @@ def record_rows(
     for rec in records:
         tokens = dict(rec.note.tokens)
         for c in rec.charges:
-            scope = label_of(c.scope, defs)
+            scope = rec.note.label(c.scope) or label_of(c.scope, defs)
             if prefix is not None and not scope.startswith(prefix):
                 continue
             yield {
@@ -133,7 +133,7 @@ def records_json(
     for rec in records:
         charged = []
         for c in rec.charges:
-            scope = label_of(c.scope, defs)
+            scope = rec.note.label(c.scope) or label_of(c.scope, defs)
             if prefix is None or scope.startswith(prefix):
                 charged.append(
                     {

@@ -313,7 +313,9 @@ class Flows:
             except LookupError:
                 _warn_unpriced(served, rates.model)
         actual = Amount() if usage.cache_hit else Amount(rates.nanos(usage), usage.total_tokens, 1)
-        note = note_for(rates.model, p.provider, usage, p.run_id)
+        note = note_for(
+            rates.model, p.provider, usage, p.run_id, zip((r.scope for r in p.refs), p.labels, strict=False)
+        )
         req = SettleRequest(p.lease_id, p.refs, actual, usage.estimated, not p.probe, note)
         outcome = yield from self._settle_or_spool(p, req)
         if not p.probe and actual.exceeds(p.amount):

@@ -59,7 +59,9 @@ class PipeFlows(Flows):
             result = ReserveResult(True, ())
         if not self.defined and not p.spooled:
             yield from self.define()
-        note = note_for(rates.model, None, usage)
+        note = note_for(
+            rates.model, None, usage, None, zip((r.scope for r in plan.refs), plan.labels, strict=False)
+        )
         yield from self._settle_or_spool(
             p, SettleRequest(p.lease_id, p.refs, actual, usage.estimated, False, note)
         )

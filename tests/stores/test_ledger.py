@@ -126,6 +126,9 @@ def test_records_of_guarded_calls_carry_model_tokens_run_and_lease(kind: Any) ->
     assert rec.note.model == "test-model" and dict(rec.note.tokens) == {"input": 10, "output": 40}
     assert rec.note.run_id and rec.lease_id.startswith(guard.engine.tag)
     assert rec.cost.nanos == 10 * 1000 + 40 * 2000
+    user_key = next(c.scope for c in rec.charges if c.scope.startswith("user:"))
+    assert "%40" in user_key and rec.note.label(user_key) == "user:u0@x.y"  # as written, in the record
+    assert rec.note.label("org:acme") is None  # a key that needs no decoding is not repeated
     assert_exact(store, records)  # two roots (org:acme, user:...) on Redis: every stream is read
     spent = guard.remaining(org="acme", user="u0@x.y").rows[0].spent
     assert sum((r.cost.nanos for r in records), 0) == int(Decimal(spent) * 10**9)
