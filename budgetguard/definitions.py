@@ -9,6 +9,7 @@ the scope as the user wrote it.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -63,6 +64,7 @@ def decode_def(text: str | bytes) -> LimitDef | None:
         return None
 
 
+@functools.lru_cache(maxsize=1024)
 def _pattern(template: str) -> re.Pattern[str] | None:
     """A regex matching the store keys ``template`` renders (``None`` for a template without fields)."""
     tpl = ScopeTemplate.parse(template)
