@@ -52,8 +52,8 @@ class App:
         )
         model = self.guard.wrap(FakeChatModel(model_name="test-model", output_tokens=40, max_tokens=50))
         for user in USERS:
-            model.invoke("hello", config={"metadata": {"org": "acme", "user": user}})
-        model.invoke("hello", config={"metadata": {"org": "beta", "user": "dave@example.com"}})
+            model.invoke("hello", config={"metadata": {"org": "initech", "user": user}})
+        model.invoke("hello", config={"metadata": {"org": "hooli", "user": "dave@example.com"}})
 
 
 @pytest.fixture()
@@ -80,10 +80,10 @@ def test_status_shows_every_scope_as_written_with_its_cap(app: App, capsys: Any)
     code, out, _ = run(capsys, "status", "--store", app.url)
     assert code == 0
     for scope in (
-        "org:acme",
-        "org:beta",
-        "org:acme/user:alice@example.com",
-        "org:acme/user:carol.x@example.com",
+        "org:initech",
+        "org:hooli",
+        "org:initech/user:alice@example.com",
+        "org:initech/user:carol.x@example.com",
     ):
         assert scope in out
     assert "%40" not in out  # never the store's percent-encoded key
@@ -92,28 +92,29 @@ def test_status_shows_every_scope_as_written_with_its_cap(app: App, capsys: Any)
 
 def test_status_json_rows_carry_money_as_strings_and_match_the_guard(app: App, capsys: Any) -> None:
     rows = status_json(capsys, app.url)
-    org = next(r for r in rows if r["scope"] == "org:acme" and r["quantity"] == "usd")
+    org = next(r for r in rows if r["scope"] == "org:initech" and r["quantity"] == "usd")
     assert isinstance(org["spent"], str) and isinstance(org["cap"], str) and org["cap"] == "0.01"
-    shown = app.guard.remaining(org="acme", user="alice@example.com")
+    shown = app.guard.remaining(org="initech", user="alice@example.com")
     by = {(r.scope, r.quantity): r for r in shown.rows}
-    assert Decimal(org["spent"]) == by[("org:acme", "usd")].spent
-    assert Decimal(org["remaining"]) == by[("org:acme", "usd")].remaining
-    alice = [r for r in rows if r["scope"] == "org:acme/user:alice@example.com"]
+    assert Decimal(org["spent"]) == by[("org:initech", "usd")].spent
+    assert Decimal(org["remaining"]) == by[("org:initech", "usd")].remaining
+    alice = [r for r in rows if r["scope"] == "org:initech/user:alice@example.com"]
     assert {r["quantity"] for r in alice} == {"tokens", "requests"}
     tokens = next(r for r in alice if r["quantity"] == "tokens")
     assert (
-        tokens["spent"] == by[("org:acme/user:alice@example.com", "tokens")].spent and tokens["cap"] == 1000
+        tokens["spent"] == by[("org:initech/user:alice@example.com", "tokens")].spent
+        and tokens["cap"] == 1000
     )
     assert tokens["resets_at"] is None and org["resets_at"].endswith("+00:00")
-    only = status_json(capsys, app.url, "--scope", "org:acme/user:a")
-    assert {r["scope"] for r in only} == {"org:acme/user:alice@example.com"}
+    only = status_json(capsys, app.url, "--scope", "org:initech/user:a")
+    assert {r["scope"] for r in only} == {"org:initech/user:alice@example.com"}
 
 
 def test_the_plain_text_fallback_without_rich(app: App, capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(common, "_rich", lambda: None)
     code, out, _ = run(capsys, "status", "--store", app.url, "--scope", "org:")
     assert code == 0
-    assert "org:acme/user:alice@example.com" in out and "[#" in out and "%" in out
+    assert "org:initech/user:alice@example.com" in out and "[#" in out and "%" in out
     assert out.splitlines()[0].split()[:3] == ["scope", "window", "quantity"]
 
 
@@ -121,32 +122,32 @@ def test_top_ranks_by_spend_and_scopes_lists_them(app: App, capsys: Any) -> None
     code, out, _ = run(capsys, "top", "--store", app.url, "-n", "1", "--json")
     assert code == 0
     top = json.loads(out)
-    assert [(r["scope"], r["quantity"]) for r in top] == [("org:acme", "usd")]
+    assert [(r["scope"], r["quantity"]) for r in top] == [("org:initech", "usd")]
     code, out, _ = run(capsys, "scopes", "--store", app.url, "--json")
     listed = {r["scope"]: r["periods"] for r in json.loads(out)}
-    assert listed["org:acme"] == ["day"] and listed["org:acme/user:bob@example.com"] == ["lifetime"]
+    assert listed["org:initech"] == ["day"] and listed["org:initech/user:bob@example.com"] == ["lifetime"]
     assert len(listed) == 6
     assert run(capsys, "top", "--store", app.url, "-n", "0")[0] == 2
 
 
 def test_reset_asks_unless_yes(app: App, capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    scope = "org:acme/user:bob@example.com"
+    scope = "org:initech/user:bob@example.com"
     monkeypatch.setattr("builtins.input", lambda prompt: "n")
     code, out, _ = run(capsys, "reset", scope, "--store", app.url)
     assert code == 1 and "not reset" in out
-    assert app.guard.remaining(org="acme", user="bob@example.com").for_scope(scope)[0].spent > 0
+    assert app.guard.remaining(org="initech", user="bob@example.com").for_scope(scope)[0].spent > 0
     asked: list[str] = []
     monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "yes")
     assert run(capsys, "reset", scope, "--store", app.url)[0] == 0
     assert scope in asked[0]
-    assert app.guard.remaining(org="acme", user="bob@example.com").for_scope(scope)[0].spent == 0
-    code, out, _ = run(capsys, "reset", "org:beta", "--store", app.url, "--yes")
+    assert app.guard.remaining(org="initech", user="bob@example.com").for_scope(scope)[0].spent == 0
+    code, out, _ = run(capsys, "reset", "org:hooli", "--store", app.url, "--yes")
     assert code == 0 and "reset 1 counter" in out
     assert run(capsys, "reset", "org:nobody", "--store", app.url, "--yes")[0] == 1
 
 
 def test_the_export_sums_to_what_status_shows(app: App, capsys: Any) -> None:
-    app.guard.reset("org:acme/user:bob@example.com")  # a reset is in the ledger too
+    app.guard.reset("org:initech/user:bob@example.com")  # a reset is in the ledger too
     rows = status_json(capsys, app.url)
     code, out, _ = run(capsys, "ledger", "export", "--store", app.url, "--format", "csv")
     assert code == 0
@@ -163,11 +164,11 @@ def test_the_export_sums_to_what_status_shows(app: App, capsys: Any) -> None:
         elif r["quantity"] == "tokens":
             assert tokens[k] == r["spent"], k
     code, out, _ = run(
-        capsys, "ledger", "export", "--store", app.url, "--format", "jsonl", "--scope", "org:beta"
+        capsys, "ledger", "export", "--store", app.url, "--format", "jsonl", "--scope", "org:hooli"
     )
     recs = [json.loads(line) for line in out.splitlines()]
     assert len(recs) == 1 and recs[0]["model"] == "test-model" and recs[0]["tokens"]["output"] == 40
-    assert {s["scope"] for s in recs[0]["scopes"]} == {"org:beta", "org:beta/user:dave@example.com"}
+    assert {s["scope"] for s in recs[0]["scopes"]} == {"org:hooli", "org:hooli/user:dave@example.com"}
     assert isinstance(recs[0]["cost_usd"], str) and recs[0]["run_id"] and recs[0]["lease_id"]
     assert run(capsys, "ledger", "export", "--store", app.url, "--format", "jsonl", "--since", "1h")[1]
     assert (

@@ -119,7 +119,7 @@ def test_records_of_guarded_calls_carry_model_tokens_run_and_lease(kind: Any) ->
         FakeChatModel(model_name="test-model", input_tokens=10, output_tokens=40, max_tokens=50)
     )
     for i in range(4):
-        model.invoke("hi", config={"metadata": {"org": "acme", "user": f"u{i % 2}@x.y"}})
+        model.invoke("hi", config={"metadata": {"org": "initech", "user": f"u{i % 2}@x.y"}})
     records = store.ledger_records()
     assert [r.outcome for r in records] == ["settled"] * 4
     rec = records[0]
@@ -128,9 +128,9 @@ def test_records_of_guarded_calls_carry_model_tokens_run_and_lease(kind: Any) ->
     assert rec.cost.nanos == 10 * 1000 + 40 * 2000
     user_key = next(c.scope for c in rec.charges if c.scope.startswith("user:"))
     assert "%40" in user_key and rec.note.label(user_key) == "user:u0@x.y"  # as written, in the record
-    assert rec.note.label("org:acme") is None  # a key that needs no decoding is not repeated
-    assert_exact(store, records)  # two roots (org:acme, user:...) on Redis: every stream is read
-    spent = guard.remaining(org="acme", user="u0@x.y").rows[0].spent
+    assert rec.note.label("org:initech") is None  # a key that needs no decoding is not repeated
+    assert_exact(store, records)  # two roots (org:initech, user:...) on Redis: every stream is read
+    spent = guard.remaining(org="initech", user="u0@x.y").rows[0].spent
     assert sum((r.cost.nanos for r in records), 0) == int(Decimal(spent) * 10**9)
 
 
@@ -199,7 +199,7 @@ def test_a_guard_records_its_limit_definitions_once_after_its_first_reserve() ->
     model = guard.wrap(FakeChatModel(model_name="test-model", output_tokens=5))
     assert store.defines == []  # constructors do no I/O
     for _ in range(3):
-        model.invoke("hi", config={"metadata": {"org": "acme"}})
+        model.invoke("hi", config={"metadata": {"org": "initech"}})
     assert len(store.defines) == 1
     assert set(store.limit_definitions()) == {
         LimitDef("org:{org}", "day", "usd", 2_500_000_000),
