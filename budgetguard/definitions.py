@@ -96,9 +96,15 @@ def label_of(key: str, defs: Sequence[LimitDef]) -> str:
 
 
 def caps_for(key: str, per: str, defs: Sequence[LimitDef]) -> dict[Quantity, int]:
-    """The caps on a counter: per quantity, the tightest of the definitions that land on it."""
+    """The caps on a counter: per quantity, the tightest of the limits that land on it (as
+    ``plans.build_plan`` does). ``defs`` come newest first: a limit whose cap was changed later
+    counts with its newest cap only."""
     caps: dict[Quantity, int] = {}
+    seen: set[tuple[str, str, str]] = set()
     for d in defs:
+        if (d.scope, d.per, d.quantity) in seen:
+            continue  # an older cap of the same limit
+        seen.add((d.scope, d.per, d.quantity))
         if d.per == per and _matches(d.scope, key)[0]:
             caps[d.quantity] = min(caps.get(d.quantity, d.cap), d.cap)
     return caps

@@ -124,7 +124,7 @@ class Store(abc.ABC):
         self.define_limits(defs)
 
     def limit_definitions(self) -> list[LimitDef]:
-        """Every limit definition guards recorded here."""
+        """Every limit definition guards recorded here, the most recently written first."""
         return []
 
     def ledger_records(self, since: float | None = None, until: float | None = None) -> list[LedgerRecord]:

@@ -334,11 +334,13 @@ class MemoryStore(Store):
         with self._lock:
             now = self._clock()
             for d in defs:
+                self._defs.pop(d, None)
                 self._defs[d] = now
 
     def limit_definitions(self) -> list[LimitDef]:
+        """Newest first (a definition written again moves to the front)."""
         with self._lock:
-            return list(self._defs)
+            return sorted(self._defs, key=lambda d: -self._defs[d])
 
     def ledger_records(self, since: float | None = None, until: float | None = None) -> list[LedgerRecord]:
         with self._lock:

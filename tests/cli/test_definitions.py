@@ -56,3 +56,8 @@ def test_a_scope_written_plainly_names_its_store_keys() -> None:
     keys = keys_for("org:acme/user:a@b.c", DEFS)
     assert "org:acme/user:a%40b%2Ec" in keys and "org:acme%2Fuser%3Aa%40b%2Ec" in keys
     assert keys_for("global", DEFS) == ["global"]
+
+
+def test_a_changed_cap_counts_with_its_newest_definition_only() -> None:
+    newest_first = [LimitDef("org:{org}", "day", "usd", 300), LimitDef("org:{org}", "day", "usd", 100)]
+    assert caps_for("org:x", "day", newest_first) == {"usd": 300}
