@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, TextIO
@@ -178,7 +177,3 @@ def _width(out: TextIO) -> int:
         return os.get_terminal_size(out.fileno()).columns if out.isatty() else 0
     except (AttributeError, OSError, ValueError):
         return 0
-
-
-def stdout() -> TextIO:
-    return sys.stdout
