@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .definitions import LimitDef
 from .errors import (
     BudgetError,
     BudgetExceeded,
@@ -13,6 +14,7 @@ from .errors import (
 )
 from .guard import BudgetGuard
 from .health import Health
+from .ledger import LedgerRecord
 from .limits import Limit
 from .pricing import Price, cost
 from .records import CallRecord
@@ -43,7 +45,9 @@ __all__ = [
     "ConfigError",
     "DegradeRequired",
     "Health",
+    "LedgerRecord",
     "Limit",
+    "LimitDef",
     "LimitStatus",
     "MemoryStore",
     "MissingScope",

@@ -22,8 +22,10 @@ from uuid import UUID
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
+from ..definitions import definitions_of
 from ..errors import BudgetStoreUnavailable, UnknownModelPrice
 from ..estimate import estimate_text_tokens, has_audio_input, max_output_tokens
+from ..ledger import note_for
 from ..model_names import call_model_name, first_name
 from ..pricing import Rates, resolve_rates, unpriced_rates
 from ..records import CallRecord, Outcome
@@ -87,6 +89,9 @@ class Flows:
         self._tag = os.urandom(4).hex()
         self._spooled_probes: set[str] = set()
         self.minimal_nanos = 1  # the minimal call's price (status.py), lowered by Engine.note_model
+        #: the limits as the store keeps them for operators (definitions.py), written once
+        self.definitions = definitions_of(lim for _, lim in planner.templates)
+        self.defined = not self.definitions
 
     @property
     def tag(self) -> str:
@@ -213,7 +218,16 @@ class Flows:
                 raise
             yield from ops.spool_append(encode_reserve(req))  # fail open: the call goes ahead, on the record
             return None
+        if not self.defined:
+            yield from self.define()
         return result
+
+    def define(self) -> Flow[None]:
+        """Record the limit definitions in the store, once: after the first reserve it answered,
+        so constructors do no I/O and later calls make no extra round trip."""
+        self.defined = True  # (set first: concurrent calls need not all write them)
+        if not (yield from ops.define(self.definitions)):
+            self.defined = False  # the store could not take them now: tried again after a later reserve
 
     # ------------------------------------------------------------ during a stream
 
@@ -299,7 +313,10 @@ class Flows:
             except LookupError:
                 _warn_unpriced(served, rates.model)
         actual = Amount() if usage.cache_hit else Amount(rates.nanos(usage), usage.total_tokens, 1)
-        req = SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=not p.probe)
+        note = note_for(
+            rates.model, p.provider, usage, p.run_id, zip((r.scope for r in p.refs), p.labels, strict=False)
+        )
+        req = SettleRequest(p.lease_id, p.refs, actual, usage.estimated, not p.probe, note)
         outcome = yield from self._settle_or_spool(p, req)
         if not p.probe and actual.exceeds(p.amount):
             logger.warning(

@@ -11,10 +11,12 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar, Union, cast
 
+from ..definitions import LimitDef
 from ..reservation import CounterRef, CounterState
 from ..stores.base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest
 
 __all__ = [
+    "Define",
     "Flow",
     "Op",
     "Release",
@@ -24,6 +26,7 @@ __all__ = [
     "Settle",
     "SpoolAppend",
     "Status",
+    "define",
     "release",
     "replay",
     "reserve",
@@ -68,6 +71,14 @@ class Reset:
 
 
 @dataclass(frozen=True, slots=True)
+class Define:
+    """Record the guard's limit definitions in the store (once per guard, after its first reserve)."""
+
+    operation: ClassVar[str] = "define"  # named in errors
+    defs: tuple[LimitDef, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SpoolAppend:
     """Write one line to the local spool (fsync'ed) before going on."""
 
@@ -79,7 +90,7 @@ class Replay:
     """Replay the spool into the store now, if it holds lines and the store is up."""
 
 
-Op = Union[Reserve, Settle, Release, Status, Reset, SpoolAppend, Replay]  # noqa: UP007 - a runtime alias
+Op = Union[Reserve, Settle, Release, Status, Reset, Define, SpoolAppend, Replay]  # noqa: UP007 - a runtime alias
 #: A generator that yields operations and returns ``T``.
 Flow = Generator[Op, object, T]
 
@@ -102,6 +113,11 @@ def status(refs: tuple[CounterRef, ...]) -> Flow[list[CounterState]]:
 
 def reset(scope: str) -> Flow[int]:
     return cast(int, (yield Reset(scope)))
+
+
+def define(defs: tuple[LimitDef, ...]) -> Flow[bool]:
+    """True once the store took them; False if it could not now (never raised: see DriverState)."""
+    return cast(bool, (yield Define(defs)))
 
 
 def spool_append(entry: dict[str, Any]) -> Flow[None]:

@@ -15,6 +15,7 @@ from langchain_core.messages import BaseMessage
 
 from ..errors import BudgetExceeded, BudgetStoreUnavailable, ConfigError
 from ..estimate import estimate_text_tokens
+from ..ledger import note_for
 from ..pricing import context_window
 from ..records import CallRecord
 from ..reservation import Amount
@@ -56,8 +57,13 @@ class PipeFlows(Flows):
             yield from ops.spool_append(encode_reserve(reserve))  # the call already ran: record it later
             p.spooled = True
             result = ReserveResult(True, ())
+        if not self.defined and not p.spooled:
+            yield from self.define()
+        note = note_for(
+            rates.model, None, usage, None, zip((r.scope for r in plan.refs), plan.labels, strict=False)
+        )
         yield from self._settle_or_spool(
-            p, SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=False)
+            p, SettleRequest(p.lease_id, p.refs, actual, usage.estimated, False, note)
         )
         self._emit(p, usage, actual.nanos, "estimated" if usage.estimated else "settled", rates.model)
         if result.violation is not None and not result.violation.soft:
@@ -107,6 +113,8 @@ class PipeFlows(Flows):
             yield from ops.spool_append(encode_reserve(req))
             self._spooled_probes.add(req.lease_id)
             return req.lease_id, plan
+        if not self.defined:
+            yield from self.define()
         if not result.admitted:
             raise refusal(plan, result.states, result.violation, amount, model)
         return req.lease_id, plan
