@@ -24,6 +24,7 @@ from .adapter.enforce import enforcing
 from .adapter.models import guard_runnable
 from .adapter.modes import Pipe, Wrapped
 from .engine import Engine, EngineConfig
+from .engine.contention import DEFAULT_CONTENTION_WAIT
 from .errors import BudgetExceeded, ConfigError
 from .estimate import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_MIN_OUTPUT_TOKENS
 from .health import Health, acheck, check
@@ -62,6 +63,7 @@ class BudgetGuard(Runnable[Any, Any]):
         default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
         fit_max_tokens: bool = True,
         min_output_tokens: int = DEFAULT_MIN_OUTPUT_TOKENS,
+        contention_wait: float = DEFAULT_CONTENTION_WAIT,
         model: str | None = None,
         on_record: Callable[[CallRecord], None] | None = None,
         on_store_error: Literal["closed", "open"] = "closed",
@@ -80,6 +82,7 @@ class BudgetGuard(Runnable[Any, Any]):
             default_max_output_tokens=settings.default_max_output_tokens,
             fit_max_tokens=settings.fit_max_tokens,
             min_output_tokens=settings.min_output_tokens,
+            contention_wait=float(settings.contention_wait),
             on_record=settings.on_record,
             on_store_error=settings.on_store_error,
             token_counter=settings.token_counter,

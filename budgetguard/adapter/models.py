@@ -26,7 +26,9 @@ from .handler import GUARDS_KEY, BudgetGuardCallback, guard_callback
 __all__ = ["guard_runnable", "model_hint"]
 
 
-def model_hint(model: BaseLanguageModel[Any], soft_ppm: int | None, fit: bool = False) -> ModelHint:
+def model_hint(
+    model: BaseLanguageModel[Any], soft_ppm: int | None, fit: bool = False, wait: bool = True
+) -> ModelHint:
     """What the model object says of itself, for calls whose parameters do not say."""
     name = configured_model_name(model)
     provider = None
@@ -38,7 +40,8 @@ def model_hint(model: BaseLanguageModel[Any], soft_ppm: int | None, fit: bool = 
     profile_max = profile.get("max_output_tokens") if isinstance(profile, Mapping) else None
     # the model's own cap (ChatOllama's num_predict is sent but not in invocation_params) wins
     profile_max = configured_max_output_tokens(model) or profile_max
-    return ModelHint(name, provider, profile_max if isinstance(profile_max, int) else None, soft_ppm, fit)
+    cap = profile_max if isinstance(profile_max, int) else None
+    return ModelHint(name, provider, cap, soft_ppm, fit, wait)
 
 
 def _with_handler(
@@ -86,7 +89,8 @@ def guard_runnable(
         if inline and isinstance(runnable, BaseChatModel):
             fitting = fitting_class(type(runnable))
         fits = fitting is not None and fit and engine.flows.fit_max_tokens and cap_field(fitting) is not None
-        hint = model_hint(runnable, soft_ppm, fits)
+        # In a fallback chain, only the last candidate waits out contention: the next one is tried instead.
+        hint = model_hint(runnable, soft_ppm, fits, wait=role is None or role.last)
         engine.note_model(hint.model, hint.provider)
         handler = guard_callback(engine, hint, role=role)
         return _with_handler(runnable, handler, engine.tag, fitting)

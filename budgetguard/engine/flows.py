@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -35,6 +36,7 @@ from ..units import QUANTITY_NAMES, to_usd
 from ..usage import TokenUsage, audio_unsplit, usage_from_message, usage_from_result
 from . import ops
 from .config import EngineConfig
+from .contention import Waiter, fits_once_settled
 from .fit import affordable_output
 from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
@@ -79,6 +81,7 @@ class Flows:
         self.default_max_output_tokens = config.default_max_output_tokens
         self.fit_max_tokens = config.fit_max_tokens
         self.min_output = config.min_output_tokens
+        self.contention_wait = config.contention_wait
         self.on_record = config.on_record
         self.inputs = InputEstimator(config.token_counter)
         self.fail_open = config.on_store_error == "open"
@@ -134,6 +137,7 @@ class Flows:
         p.audio_in = messages is not None and has_audio_input(messages)
         p.prefix = prefix
         p.fit = hint.fit and self.fit_max_tokens
+        p.wait, p.thread = hint.wait, threading.get_ident()
         p.run_id, p.parent_run_id, p.metadata, p.started = run_id, call.parent_run_id, metadata, time.time()
         if not self.pending.claim(run_id, p):
             return None
@@ -145,8 +149,8 @@ class Flows:
         req = ReserveRequest(p.lease_id, plan.specs, p.amount, self.lease_ttl)
         try:
             result = yield from self._reserve_or_spool(req, plan.refs)
-            if result is not None and not result.admitted and p.fit:
-                result = yield from self._fit(begun, result)
+            if result is not None and not result.admitted:
+                result = yield from self._refused(begun, result)
         except BaseException:  # a store fault, or the flow closed unfinished: never left pending
             self.pending.discard(run_id, p)
             raise
@@ -156,6 +160,65 @@ class Flows:
             raise refusal(plan, result.states, result.violation, p.amount, p.rates.model, shape)
         p.spooled = result is None
         self.pending.reserved(run_id, p)
+
+    def _refused(self, begun: Begun, result: ReserveResult) -> Flow[ReserveResult | None]:
+        """A refused call: wait while only others' reservations stand in the way (bounded), and fit.
+
+        While the full call would fit once the others settle (``engine/contention.py``),
+        it waits and retries at its full cap. Then it is fitted (``fit_max_tokens``), and
+        waits on while its fitted form (``min_output_tokens``) would fit once they settle.
+        """
+        p = begun.pending
+        waiter = Waiter(self.contention_wait) if p.wait and self.contention_wait > 0 else None
+        while True:
+            target = None if waiter is None else self._wait_target(begun, result)
+            if target == "full" and waiter is not None:
+                again = yield from self._pause_and_retry(begun, waiter, result)
+                if again is not result:
+                    if again is None or again.admitted:
+                        return again
+                    result = again
+                    continue
+            if p.fit:
+                fitted = yield from self._fit(begun, result)
+                if fitted is None or fitted.admitted:
+                    return fitted
+                result = fitted
+            if target is None or waiter is None:
+                return result
+            again = yield from self._pause_and_retry(begun, waiter, result)
+            if again is result:
+                return result
+            if again is None or again.admitted:
+                return again
+            result = again
+
+    def _wait_target(self, begun: Begun, result: ReserveResult) -> str | None:
+        """What waiting could admit: the call at its full cap, its fitted form, or nothing."""
+        _, p, plan = begun
+        if result.violation is None or result.violation.soft:  # a soft cap: a fallback serves
+            return None
+        own = self.pending.held_here(plan.refs)
+        if fits_once_settled(plan.specs, result.states, own, p.amount):
+            return "full"
+        if p.fit:
+            cap = min(self.min_output, p.output_cap)
+            least = Amount(p.rates.worst_nanos(p.input_est, cap), p.input_est + cap, 1)
+            if fits_once_settled(plan.specs, result.states, own, least):
+                return "fitted"
+        return None
+
+    def _pause_and_retry(
+        self, begun: Begun, waiter: Waiter, last: ReserveResult
+    ) -> Flow[ReserveResult | None]:
+        """Pause, then reserve the full call again; ``last`` itself once the wait is over."""
+        delay = waiter.next_delay()
+        if delay is None or not (yield from ops.sleep(delay)):
+            waiter.stop()
+            return last
+        p, plan = begun.pending, begun.plan
+        req = ReserveRequest(p.lease_id, plan.specs, p.amount, self.lease_ttl)
+        return (yield from self._reserve_or_spool(req, plan.refs))
 
     def _fit(self, begun: Begun, refused: ReserveResult) -> Flow[ReserveResult | None]:
         """Reserve again with the output cap lowered to what the budget affords, if that is enough."""
