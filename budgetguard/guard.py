@@ -15,11 +15,12 @@ from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
 from typing import Any, Literal
 
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.runnables.base import coerce_to_runnable
 
 from .adapter import compose
-from .adapter.candidates import FALLBACK, LAST_FALLBACK, LAST_RESORT, PRIMARY
+from .adapter.candidates import FALLBACK, FITTED_PRIMARY, LAST_FALLBACK, LAST_RESORT, PRIMARY
 from .adapter.enforce import enforcing
 from .adapter.models import guard_runnable
 from .adapter.modes import Pipe, Wrapped
@@ -132,16 +133,21 @@ class BudgetGuard(Runnable[Any, Any]):
         if not self.fallbacks:
             return guard_runnable(self.engine, runnable, None)
         ppm = None if self.degrade_at is None else round(self.degrade_at * 1_000_000)
-        # Fitting an output cap is the last resort before a refusal: only the chain's last model is fitted.
+        # Fitting an output cap is the last resort before a refusal: every candidate is tried at its
+        # full cap first; then the last fallback is fitted, and the primary, tried again last.
         primary = guard_runnable(self.engine, runnable, ppm, PRIMARY, fit=False)
-        roles = [FALLBACK] * (len(self.fallbacks) - 1) + [FALLBACK if ppm is not None else LAST_FALLBACK]
+        fit_primary = self.engine.flows.fit_max_tokens and isinstance(
+            runnable, (BaseChatModel, RunnableBinding)
+        )
+        again = LAST_RESORT if ppm is not None else FITTED_PRIMARY if fit_primary else None
+        roles = [FALLBACK] * (len(self.fallbacks) - 1) + [FALLBACK if again else LAST_FALLBACK]
         last = len(self.fallbacks) - 1 if ppm is None else -1
         chain = [
             guard_runnable(self.engine, fb, None, r, fit=i == last)
             for i, (fb, r) in enumerate(zip(self.fallbacks, roles, strict=True))
         ]
-        if ppm is not None:
-            chain.append(guard_runnable(self.engine, runnable, None, LAST_RESORT))
+        if again is not None:
+            chain.append(guard_runnable(self.engine, runnable, None, again))
         return primary.with_fallbacks(chain, exceptions_to_handle=(BudgetExceeded,))
 
     def compose_after(self, left: Runnable[Any, Any]) -> Runnable[Any, Any] | None:

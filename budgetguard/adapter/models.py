@@ -22,6 +22,7 @@ from .candidates import Role
 from .compat import detection_available
 from .fit import cap_field, fitting_class
 from .handler import GUARDS_KEY, BudgetGuardCallback, guard_callback
+from .reach import reach_models
 
 __all__ = ["guard_runnable", "model_hint"]
 
@@ -102,5 +103,15 @@ def guard_runnable(
             "fallback= and degrade_at= work on a chat model; wrap the model inside your chain, "
             f"not the whole {type(runnable).__name__}"
         )
-    # A chain or agent: inheritable callbacks reach every model call inside it.
+    # A chain or agent: inheritable callbacks reach every model call inside it; the models the
+    # chain is composed of are guarded as models too, so their calls can be fitted (adapter/reach.py).
+    if engine.flows.fit_max_tokens and (not engine.store.blocking or detection_available()):
+        runnable = reach_models(runnable, lambda m: _model_of_chain(engine, m)) or runnable
     return runnable.with_config(callbacks=[guard_callback(engine)])
+
+
+def _model_of_chain(engine: Engine, model: BaseChatModel) -> Runnable[Any, Any] | None:
+    """A chat model inside a chain, guarded; None if this guard already guards it."""
+    if engine.tag in ((model.metadata or {}).get(GUARDS_KEY) or ()):
+        return None
+    return guard_runnable(engine, model, None)
