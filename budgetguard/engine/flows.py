@@ -36,7 +36,7 @@ from ..units import QUANTITY_NAMES, to_usd
 from ..usage import TokenUsage, audio_unsplit, usage_from_message, usage_from_result
 from . import ops
 from .config import EngineConfig
-from .contention import Waiter, fits_once_settled
+from .contention import Contention
 from .fit import affordable_output
 from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
@@ -63,7 +63,7 @@ class Begun(NamedTuple):
     plan: Plan
 
 
-class Flows:
+class Flows(Contention):
     """The guard's configuration, and every flow over it."""
 
     def __init__(
@@ -160,65 +160,6 @@ class Flows:
             raise refusal(plan, result.states, result.violation, p.amount, p.rates.model, shape)
         p.spooled = result is None
         self.pending.reserved(run_id, p)
-
-    def _refused(self, begun: Begun, result: ReserveResult) -> Flow[ReserveResult | None]:
-        """A refused call: wait while only others' reservations stand in the way (bounded), and fit.
-
-        While the full call would fit once the others settle (``engine/contention.py``),
-        it waits and retries at its full cap. Then it is fitted (``fit_max_tokens``), and
-        waits on while its fitted form (``min_output_tokens``) would fit once they settle.
-        """
-        p = begun.pending
-        waiter = Waiter(self.contention_wait) if p.wait and self.contention_wait > 0 else None
-        while True:
-            target = None if waiter is None else self._wait_target(begun, result)
-            if target == "full" and waiter is not None:
-                again = yield from self._pause_and_retry(begun, waiter, result)
-                if again is not result:
-                    if again is None or again.admitted:
-                        return again
-                    result = again
-                    continue
-            if p.fit:
-                fitted = yield from self._fit(begun, result)
-                if fitted is None or fitted.admitted:
-                    return fitted
-                result = fitted
-            if target is None or waiter is None:
-                return result
-            again = yield from self._pause_and_retry(begun, waiter, result)
-            if again is result:
-                return result
-            if again is None or again.admitted:
-                return again
-            result = again
-
-    def _wait_target(self, begun: Begun, result: ReserveResult) -> str | None:
-        """What waiting could admit: the call at its full cap, its fitted form, or nothing."""
-        _, p, plan = begun
-        if result.violation is None or result.violation.soft:  # a soft cap: a fallback serves
-            return None
-        own = self.pending.held_here(plan.refs)
-        if fits_once_settled(plan.specs, result.states, own, p.amount):
-            return "full"
-        if p.fit:
-            cap = min(self.min_output, p.output_cap)
-            least = Amount(p.rates.worst_nanos(p.input_est, cap), p.input_est + cap, 1)
-            if fits_once_settled(plan.specs, result.states, own, least):
-                return "fitted"
-        return None
-
-    def _pause_and_retry(
-        self, begun: Begun, waiter: Waiter, last: ReserveResult
-    ) -> Flow[ReserveResult | None]:
-        """Pause, then reserve the full call again; ``last`` itself once the wait is over."""
-        delay = waiter.next_delay()
-        if delay is None or not (yield from ops.sleep(delay)):
-            waiter.stop()
-            return last
-        p, plan = begun.pending, begun.plan
-        req = ReserveRequest(p.lease_id, plan.specs, p.amount, self.lease_ttl)
-        return (yield from self._reserve_or_spool(req, plan.refs))
 
     def _fit(self, begun: Begun, refused: ReserveResult) -> Flow[ReserveResult | None]:
         """Reserve again with the output cap lowered to what the budget affords, if that is enough."""
