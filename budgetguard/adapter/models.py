@@ -95,7 +95,7 @@ def guard_runnable(
         engine.note_model(hint.model, hint.provider)
         handler = guard_callback(engine, hint, role=role)
         return _with_handler(runnable, handler, engine.tag, fitting)
-    if type(runnable) is RunnableBinding and isinstance(runnable.bound, BaseLanguageModel):
+    if isinstance(runnable, RunnableBinding) and isinstance(runnable.bound, BaseLanguageModel):
         bound = guard_runnable(engine, runnable.bound, soft_ppm, role, fit)
         return runnable.model_copy(update={"bound": bound})
     if soft_ppm is not None:

@@ -146,3 +146,17 @@ def test_when_nothing_fits_the_refusal_tells_each_candidate(mock: respx.MockRout
     assert route.call_count == 0
     models: list[Any] = [info.value.model, *(c.model for c in info.value.candidates)]
     assert set(models) == {"gpt-4o-mini", "gpt-4o"}
+
+
+def test_a_bound_model_is_guarded_as_a_model_with_fallbacks_too(mock: respx.MockRouter) -> None:
+    """``llm.bind(...)`` is a ``_ChatModelBinding`` (a RunnableBinding subclass) in langchain-core 1.x:
+    ``fallback=`` and ``degrade_at=`` take it as the model it binds (they refused it as a chain)."""
+    route = ok_openai(mock)
+    guard = BudgetGuard(limit_usd=5, fallback=chat_openai("gpt-4o-mini"), degrade_at=0.99)
+    guard.wrap(gpt_4o().bind(stop=["\n\n"])).invoke("Hello")  # $0.164 worst case fits: the primary
+    assert (sent_json(route)["model"], sent_json(route)["stop"]) == ("gpt-4o", ["\n\n"])
+
+    guard = BudgetGuard(limit_usd="0.10", fallback=chat_openai("gpt-4o-mini"), degrade_at=0.99)
+    guard.wrap(gpt_4o().bind(stop=["\n\n"])).invoke("Hello")  # it does not: gpt-4o-mini serves
+    assert sent_json(route)["model"] == "gpt-4o-mini" and "stop" not in sent_json(route)
+    assert route.call_count == 2
