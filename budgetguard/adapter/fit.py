@@ -27,7 +27,7 @@ from langchain_core.language_models import chat_models as _lc
 from langchain_core.load import dumps
 
 from ..estimate import CAP_KEYS
-from .rawusage import raw_usage_hooks, with_raw_details
+from .rawusage import adetailed, araw_details, raw_usage_hooks, with_raw_details
 
 __all__ = ["cap_field", "cache_will_answer", "fitting_class"]
 
@@ -178,7 +178,12 @@ def _hooks(base: type[BaseChatModel], field: str | None) -> dict[str, Any]:
     ) -> AsyncIterator[Any]:
         await _areserve_deferred(self, run_manager)
         target = _lowered(self, field, run_manager, kwargs)
-        async for chunk in base._astream(target, messages, stop, run_manager, **kwargs):
+        teed = araw_details(base, target) if raw else None
+        if teed is None:
+            async for chunk in base._astream(target, messages, stop, run_manager, **kwargs):
+                yield chunk
+            return
+        async for chunk in adetailed(base._astream(teed[0], messages, stop, run_manager, **kwargs), teed[1]):
             yield chunk
 
     hooks = {"_generate": _generate, "_agenerate": _agenerate, "_stream": _stream, "_astream": _astream}

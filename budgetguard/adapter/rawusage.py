@@ -3,22 +3,24 @@
 langchain-mistralai turns a streamed chunk's ``usage`` into ``usage_metadata``
 with totals only: ``prompt_tokens_details.cached_tokens`` is lost, so a stream
 would charge cache reads at the full input rate (its invoke keeps them, in
-``llm_output``). Its sync client, ``ChatMistralAI.completion_with_retry``, is a
-method of the model, so the guarded subclass (``adapter/fit.py``) overrides it
-to keep the raw usage of the call's chunks, and the usage chunk the stream then
-yields gets ``input_token_details.cache_read``. Its async client is a module
-function (``acompletion_with_retry``) that nothing but patching langchain-mistralai
-could reach: async streams are charged as before, cache reads at the full input
-rate (more than the bill, never less).
+``llm_output``). The guarded subclass (``adapter/fit.py``) keeps the raw usage
+of the call's stream, and the usage chunk the stream then yields gets
+``input_token_details.cache_read``. Sync: ``ChatMistralAI.completion_with_retry``
+is a method of the model, overridden to keep the parsed chunks. Async: the
+client is reached through a module function (``acompletion_with_retry``), so the
+call's copy of the model gets an ``async_client`` that forwards everything and
+reads the ``data:`` lines of the decoded event stream as they pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["raw_usage_hooks", "with_raw_details"]
+__all__ = ["adetailed", "araw_details", "raw_usage_hooks", "with_raw_details"]
 
 #: The raw usages of the stream being started in this context (set only while it starts).
 _collecting: ContextVar[list[Mapping[str, Any]] | None] = ContextVar("budgetguard_raw_usage", default=None)
@@ -66,12 +68,79 @@ def with_raw_details(chunks: Iterator[Any]) -> Iterator[Any]:
     if first is None:
         return
     for chunk in _chain(first, chunks):
-        um = getattr(getattr(chunk, "message", None), "usage_metadata", None)
-        if isinstance(um, dict) and seen and "input_token_details" not in um:
-            cached = _cached(seen[-1])
-            if 0 < cached <= um.get("input_tokens", 0):
-                um["input_token_details"] = {"cache_read": cached}
+        _detail(chunk, seen)
         yield chunk
+
+
+def _detail(chunk: Any, seen: list[Mapping[str, Any]]) -> None:
+    """Give a usage chunk the cache reads of the last raw usage seen."""
+    um = getattr(getattr(chunk, "message", None), "usage_metadata", None)
+    if isinstance(um, dict) and seen and "input_token_details" not in um:
+        cached = _cached(seen[-1])
+        if 0 < cached <= um.get("input_tokens", 0):
+            um["input_token_details"] = {"cache_read": cached}
+
+
+def araw_details(base: type[Any], target: Any) -> tuple[Any, list[Mapping[str, Any]]] | None:
+    """A copy of ``target`` whose async client keeps its streams' raw usage, and where; or None."""
+    client = getattr(target, "async_client", None)
+    if client is None or not callable(getattr(client, "stream", None)):
+        return None
+    seen: list[Mapping[str, Any]] = []
+    return target.model_copy(update={"async_client": _TeeClient(client, seen)}), seen
+
+
+async def adetailed(chunks: AsyncIterator[Any], seen: list[Mapping[str, Any]]) -> AsyncIterator[Any]:
+    async for chunk in chunks:
+        _detail(chunk, seen)
+        yield chunk
+
+
+class _TeeClient:
+    """An httpx.AsyncClient in all but ``stream``, whose responses' text is read as it passes."""
+
+    def __init__(self, inner: Any, into: list[Mapping[str, Any]]) -> None:
+        self._inner = inner
+        self._into = into
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    @asynccontextmanager
+    async def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async with self._inner.stream(*args, **kwargs) as response:
+            yield _TeeResponse(response, self._into)
+
+
+class _TeeResponse:
+    def __init__(self, inner: Any, into: list[Mapping[str, Any]]) -> None:
+        self._inner = inner
+        self._into = into
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def aiter_text(self, *args: Any, **kwargs: Any) -> AsyncIterator[str]:
+        tail = ""
+        async for text in self._inner.aiter_text(*args, **kwargs):
+            tail = _scan(tail + text, self._into)
+            yield text
+        _scan(tail + "\n", self._into)
+
+
+def _scan(text: str, into: list[Mapping[str, Any]]) -> str:
+    """Keep the usage of each complete ``data:`` line; the incomplete rest is returned."""
+    *lines, rest = text.split("\n")
+    for line in lines:
+        if line.startswith("data:") and '"usage"' in line:
+            try:
+                event = json.loads(line[5:])
+            except ValueError:
+                continue
+            usage = event.get("usage") if isinstance(event, dict) else None
+            if isinstance(usage, Mapping):
+                into.append(usage)
+    return rest
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:

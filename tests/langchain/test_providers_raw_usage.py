@@ -1,8 +1,8 @@
 """Usage details the integrations drop, with the real packages against the local wire server.
 
 Mistral: langchain-mistralai's streamed chunks keep totals only; the guard
-keeps the raw usage of sync streams (``adapter/rawusage.py``), so their cache
-reads are priced at the cache-read rate, as invoke's are. Gemini: langchain-google-genai
+keeps the raw usage of its streams, sync and async (``adapter/rawusage.py``), so
+their cache reads are priced at the cache-read rate, as invoke's are. Gemini: langchain-google-genai
 passes no per-modality counts on anywhere, so audio input stays a flagged,
 conservative estimate; the canary below fails the day it does, to read them then.
 """
@@ -73,23 +73,27 @@ def test_mistral_stream_without_cache_reads_is_unchanged(server: WireServer) -> 
     assert (rec.usage.cache_read, rec.cost_usd, rec.usage.estimated) == (0, FULL, False)
 
 
-def test_mistral_async_stream_still_charges_cache_reads_at_the_input_rate(server: WireServer) -> None:
-    """The async client is a module function of langchain-mistralai: its raw usage cannot be reached.
-
-    Charged as before: more than the bill, never less (see adapter/rawusage.py).
-    """
+def test_mistral_async_stream_charges_cache_reads_at_the_cache_rate_too(server: WireServer) -> None:
     server.route("POST", "/v1/chat/completions", mistral_sse(mistral_usage(300, 12, cached=270)))
     guard, records = recorded(limit_usd=5)
     llm = guard.wrap(mistral(server, "mistral-large-2512"))
 
-    async def main() -> None:
-        async for _ in llm.astream("Capital of France?"):
-            pass
+    async def main() -> str:
+        return "".join([str(c.content) async for c in llm.astream("Capital of France?")])
 
-    asyncio.run(main())
+    assert asyncio.run(main()) == "Paris."
     (rec,) = records
-    assert (rec.usage.cache_read, rec.cost_usd) == (0, FULL)
-    assert rec.cost_usd >= CACHED
+    assert (rec.usage.input_tokens, rec.usage.cache_read, rec.usage.output_tokens) == (300, 270, 12)
+    assert (rec.cost_usd, rec.usage.estimated) == (CACHED, False)
+    assert spent_usd(guard) == CACHED
+
+
+def test_mistral_async_invoke_is_unchanged(server: WireServer) -> None:
+    server.json("POST", "/v1/chat/completions", mistral_completion(mistral_usage(300, 12, cached=270)))
+    guard, records = recorded(limit_usd=5)
+    llm = guard.wrap(mistral(server, "mistral-large-2512"))
+    assert asyncio.run(llm.ainvoke("Capital of France?")).content == "Paris."
+    assert [r.cost_usd for r in records] == [CACHED]
 
 
 def test_gemini_per_modality_counts_do_not_reach_langchain_yet(server: WireServer) -> None:
