@@ -178,7 +178,7 @@ def _hooks(base: type[BaseChatModel], field: str | None) -> dict[str, Any]:
     ) -> AsyncIterator[Any]:
         await _areserve_deferred(self, run_manager)
         target = _lowered(self, field, run_manager, kwargs)
-        teed = araw_details(base, target) if raw else None
+        teed = araw_details(target) if raw else None
         if teed is None:
             async for chunk in base._astream(target, messages, stop, run_manager, **kwargs):
                 yield chunk

@@ -81,7 +81,7 @@ def _detail(chunk: Any, seen: list[Mapping[str, Any]]) -> None:
             um["input_token_details"] = {"cache_read": cached}
 
 
-def araw_details(base: type[Any], target: Any) -> tuple[Any, list[Mapping[str, Any]]] | None:
+def araw_details(target: Any) -> tuple[Any, list[Mapping[str, Any]]] | None:
     """A copy of ``target`` whose async client keeps its streams' raw usage, and where; or None."""
     client = getattr(target, "async_client", None)
     if client is None or not callable(getattr(client, "stream", None)):
