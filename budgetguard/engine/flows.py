@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -37,6 +38,7 @@ from ..units import QUANTITY_NAMES, to_usd
 from ..usage import TokenUsage, audio_unsplit, usage_from_message, usage_from_result
 from . import ops
 from .config import EngineConfig
+from .contention import Contention
 from .fit import affordable_output
 from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
@@ -63,7 +65,7 @@ class Begun(NamedTuple):
     plan: Plan
 
 
-class Flows:
+class Flows(Contention):
     """The guard's configuration, and every flow over it."""
 
     def __init__(
@@ -81,6 +83,7 @@ class Flows:
         self.default_max_output_tokens = config.default_max_output_tokens
         self.fit_max_tokens = config.fit_max_tokens
         self.min_output = config.min_output_tokens
+        self.contention_wait = config.contention_wait
         self.on_record = config.on_record
         self.inputs = InputEstimator(config.token_counter)
         self.fail_open = config.on_store_error == "open"
@@ -139,6 +142,7 @@ class Flows:
         p.audio_in = messages is not None and has_audio_input(messages)
         p.prefix = prefix
         p.fit = hint.fit and self.fit_max_tokens
+        p.wait, p.thread = hint.wait, threading.get_ident()
         p.run_id, p.parent_run_id, p.metadata, p.started = run_id, call.parent_run_id, metadata, time.time()
         if not self.pending.claim(run_id, p):
             return None
@@ -150,8 +154,8 @@ class Flows:
         req = ReserveRequest(p.lease_id, plan.specs, p.amount, self.lease_ttl)
         try:
             result = yield from self._reserve_or_spool(req, plan.refs)
-            if result is not None and not result.admitted and p.fit:
-                result = yield from self._fit(begun, result)
+            if result is not None and not result.admitted:
+                result = yield from self._refused(begun, result)
         except BaseException:  # a store fault, or the flow closed unfinished: never left pending
             self.pending.discard(run_id, p)
             raise
