@@ -32,7 +32,8 @@ def fresh_redis() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[Cluster]:
-    cluster = Cluster(3).start()
+    """Three primaries with a replica each (writes go to the primaries)."""
+    cluster = Cluster(3, replicas=1).start()
     yield cluster
     cluster.stop()
 
