@@ -54,3 +54,14 @@ def test_peers_prints_its_table() -> None:
         "LiteLLM BudgetManager",
     ):
         assert row in out
+
+
+@pytest.mark.redis
+def test_scaling_prints_its_table() -> None:
+    out = run_script(
+        "scaling.py", "--tenants", "1,50", "--calls", "5", "--rounds", "1", "--memory-tenants", "50"
+    )
+    assert "memory invoke" in out and "redis store" in out
+    for row in ("1 tenants, 1 limit", "50 tenants, 1 limit", "50 tenants, 6 limits"):
+        assert row in out
+    assert "B per tenant" in out and "one more window" in out
