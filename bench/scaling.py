@@ -42,7 +42,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
-from typing import Any
 
 import redis
 
@@ -240,7 +239,8 @@ def memory_figures(url: str, tenants: int) -> list[str]:
         per[k] = (used_memory(client) - before) / tenants
         usage = tenant_keys(client, prefix, 1)
         keys = ", ".join(f"{n} {b} B" for n, b in sorted(usage.items()))
-        lines.append(f"  {k} window(s) per tenant: {per[k]:.0f} B per tenant (used_memory); one tenant: {keys}")
+        lines.append(f"  {k} window(s) per tenant: {per[k]:.0f} B per tenant (used_memory)")
+        lines.append(f"    MEMORY USAGE of one tenant's keys: {keys}")
         drop(client, prefix)
         store.close()
     lines.append(f"  one more window of a tenant: {(per[3] - per[1]) / 2:.0f} B (marginal, from the two)")
@@ -299,7 +299,8 @@ def run(url: str, own: bool, tenant_steps: list[int], calls: int, rounds: int, m
         f"redis-server {server.get('redis_version')} at {url} "
         f"({'started by this script' if own else 'existing server'}); python {platform.python_version()}, "
         f"redis-py {version('redis')}, {platform.machine()}; {rounds} rounds x {calls} calls per cell; "
-        f"filling {filled:,} tenants (both stores) took {fill_s:.0f} s; {keys_total:,} keys in Redis at the end"
+        f"filling {filled:,} tenants (both stores) took {fill_s:.0f} s; "
+        f"{keys_total:,} keys in Redis at the end"
     )
     print("µs per call (median); x = ratio to the first row. invoke = a guarded FakeChatModel.invoke;")
     print("store = the store's reserve + settle alone (the guard's own I/O, no LangChain).\n")
@@ -311,7 +312,7 @@ def run(url: str, own: bool, tenant_steps: list[int], calls: int, rounds: int, m
     for label, got in rows:
         cells = "".join(f"{got[c]:>12.1f} ({got[c] / base[c]:>5.2f}x)" for c in cols)
         print(f"{label:32}{cells}")
-    print(f"\nRedis memory per tenant ({mem_tenants:,} tenants filled on a fresh prefix, each reserved and settled):")
+    print(f"\nRedis memory ({mem_tenants:,} tenants filled on a fresh prefix, each reserved and settled):")
     for line in memory:
         print(line)
 
