@@ -262,44 +262,50 @@ def drop(client: redis.Redis, prefix: str) -> None:
 
 
 def run(url: str, own: bool, tenant_steps: list[int], calls: int, rounds: int, mem_tenants: int) -> None:
-    prefix = f"bench-scale-{secrets.token_hex(4)}:"
-    rstore = RedisStore.from_url(url, prefix=prefix, allow_eviction=True)
-    mstore = MemoryStore()
-    subjects = [Subject("memory", mstore), Subject("redis", rstore)]
+    """Every tenant count gets stores of its own, filled first; then every cell of the table is
+    timed in the same rounds, interleaved, so machine noise hits every row alike."""
     admin = redis.Redis.from_url(url)
     rnd = random.Random(7)
-    rows: list[tuple[str, dict[str, float]]] = []
-    filled = 0
+    prefixes: list[str] = []
+    by_n: dict[int, list[Subject]] = {}
     fill_s = 0.0
     try:
         for n in tenant_steps:
+            prefixes.append(f"bench-scale-{secrets.token_hex(4)}-{n}:")
+            mstore = MemoryStore()
+            rstore = RedisStore.from_url(url, prefix=prefixes[-1], allow_eviction=True)
             t0 = time.perf_counter()
-            fill_memory(mstore, filled, n)
-            fill_redis(rstore, filled, n)
+            fill_memory(mstore, 0, n)
+            fill_redis(rstore, 0, n)
             fill_s += time.perf_counter() - t0
-            filled = n
-            fns: dict[str, Callable[[], object]] = {}
-            for s in subjects:
-                fns[f"{s.name} invoke"] = s.invoke(n, 1, rnd)
-                fns[f"{s.name} store"] = s.direct(n, 1, rnd)
-            rows.append((f"{n:,} tenants, 1 limit", measure(fns, calls, rounds)))
-        for k in range(2, len(LIMITS) + 1):
-            fns = {}
-            for s in subjects:
-                fns[f"{s.name} invoke"] = s.invoke(filled, k, rnd)
-                fns[f"{s.name} store"] = s.direct(filled, k, rnd)
-            rows.append((f"{filled:,} tenants, {k} limits", measure(fns, calls, rounds)))
+            by_n[n] = [Subject("memory", mstore), Subject("redis", rstore)]
+        most = tenant_steps[-1]
+        plan = [(f"{n:,} tenants, 1 limit", n, 1) for n in tenant_steps]
+        plan += [(f"{most:,} tenants, {k} limits", most, k) for k in range(2, len(LIMITS) + 1)]
+        fns: dict[str, Callable[[], object]] = {}
+        for label, n, k in plan:
+            for sub in by_n[n]:
+                fns[f"{label}|{sub.name} invoke"] = sub.invoke(n, k, rnd)
+                fns[f"{label}|{sub.name} store"] = sub.direct(n, k, rnd)
+        got = measure(fns, calls, rounds)
+        rows = [
+            (label, {c.split("|")[1]: v for c, v in got.items() if c.startswith(label + "|")})
+            for label, *_ in plan
+        ]
         keys_total = int(admin.dbsize())
+        for subs in by_n.values():
+            subs[1].store.close()
         memory = memory_figures(url, mem_tenants)
     finally:
-        drop(admin, prefix)
-        rstore.close()
+        for prefix in prefixes:
+            drop(admin, prefix)
+    filled = sum(tenant_steps)
     server = admin.info("server")
     print(
         f"redis-server {server.get('redis_version')} at {url} "
         f"({'started by this script' if own else 'existing server'}); python {platform.python_version()}, "
         f"redis-py {version('redis')}, {platform.machine()}; {rounds} rounds x {calls} calls per cell; "
-        f"filling {filled:,} tenants (both stores) took {fill_s:.0f} s; "
+        f"filling {filled:,} tenants (in each store) took {fill_s:.0f} s; "
         f"{keys_total:,} keys in Redis at the end"
     )
     print("µs per call (median); x = ratio to the first row. invoke = a guarded FakeChatModel.invoke;")
