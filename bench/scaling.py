@@ -124,9 +124,10 @@ def own_redis_server() -> Iterator[str]:
 # ------------------------------------------------------------------ filling
 
 
-def fill_redis(store: RedisStore, start: int, stop: int, k: int = 1, batch: int = 2000) -> None:
-    """Tenants ``start..stop-1``, each reserved then settled by the real scripts, pipelined."""
-    client = store.client
+def fill_redis(store: RedisStore, start: int, stop: int, k: int = 1, batch: int = 1000) -> None:
+    """Tenants ``start..stop-1``, each reserved then settled by the real scripts, pipelined
+    (on a client of its own: the store's short socket timeout is for single calls)."""
+    client = redis.Redis.from_url(store_url(store), socket_timeout=120)
     shas = {name: client.script_load(store._sync_scripts[name].script) for name in ("reserve", "settle")}
     for lo in range(start, stop, batch):
         pipe = client.pipeline(transaction=False)
@@ -141,7 +142,13 @@ def fill_redis(store: RedisStore, start: int, stop: int, k: int = 1, batch: int 
                 roots[base] = float("inf")
         pipe.zadd(store._roots.key, {b: "inf" for b in roots}, gt=True)  # as the store lists its roots
         pipe.execute()
+    client.close()
     store._tails.clear()  # the filler's argument cache is not the timed calls' business
+
+
+def store_url(store: RedisStore) -> str:
+    kw = store.client.connection_pool.connection_kwargs
+    return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 def fill_memory(store: MemoryStore, start: int, stop: int, k: int = 1) -> None:
