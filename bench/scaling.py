@@ -124,10 +124,10 @@ def own_redis_server() -> Iterator[str]:
 # ------------------------------------------------------------------ filling
 
 
-def fill_redis(store: RedisStore, start: int, stop: int, k: int = 1, batch: int = 1000) -> None:
+def fill_redis(store: RedisStore, url: str, start: int, stop: int, k: int = 1, batch: int = 1000) -> None:
     """Tenants ``start..stop-1``, each reserved then settled by the real scripts, pipelined
     (on a client of its own: the store's short socket timeout is for single calls)."""
-    client = redis.Redis.from_url(store_url(store), socket_timeout=120)
+    client = redis.Redis.from_url(url, socket_timeout=120)
     shas = {name: client.script_load(store._sync_scripts[name].script) for name in ("reserve", "settle")}
     for lo in range(start, stop, batch):
         pipe = client.pipeline(transaction=False)
@@ -144,11 +144,6 @@ def fill_redis(store: RedisStore, start: int, stop: int, k: int = 1, batch: int 
         pipe.execute()
     client.close()
     store._tails.clear()  # the filler's argument cache is not the timed calls' business
-
-
-def store_url(store: RedisStore) -> str:
-    kw = store.client.connection_pool.connection_kwargs
-    return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 def fill_memory(store: MemoryStore, start: int, stop: int, k: int = 1) -> None:
@@ -242,7 +237,7 @@ def memory_figures(url: str, tenants: int) -> list[str]:
         prefix = f"bench-mem{k}-{secrets.token_hex(4)}:"
         store = RedisStore.from_url(url, prefix=prefix, allow_eviction=True)
         before = used_memory(client)
-        fill_redis(store, 0, tenants, k)
+        fill_redis(store, url, 0, tenants, k)
         per[k] = (used_memory(client) - before) / tenants
         usage = tenant_keys(client, prefix, 1)
         keys = ", ".join(f"{n} {b} B" for n, b in sorted(usage.items()))
@@ -283,7 +278,7 @@ def run(url: str, own: bool, tenant_steps: list[int], calls: int, rounds: int, m
             rstore = RedisStore.from_url(url, prefix=prefixes[-1], allow_eviction=True)
             t0 = time.perf_counter()
             fill_memory(mstore, 0, n)
-            fill_redis(rstore, 0, n)
+            fill_redis(rstore, url, 0, n)
             fill_s += time.perf_counter() - t0
             by_n[n] = [Subject("memory", mstore), Subject("redis", rstore)]
         most = tenant_steps[-1]
