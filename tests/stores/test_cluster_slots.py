@@ -236,3 +236,28 @@ def test_a_primary_killed_mid_reservation_locks_nothing_and_loses_nothing(tmp_pa
         store.close()
     finally:
         cluster.stop()
+
+
+def test_scopes_under_one_root_still_take_one_script_call(store: RedisStore, redis_cluster: Cluster) -> None:
+    """The single-slot fast path: a nested limit set is one EVALSHA to reserve and one to settle,
+    counted on the servers; the same call across two roots is one per slot."""
+
+    def evalshas() -> int:
+        total = 0
+        for node in redis_cluster.primaries():
+            total += int(node.client().info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+        return total
+
+    nested = (CounterRef("org:n", "month"), CounterRef("org:n/user:u", "day"))
+    across = (CounterRef("org:n", "month"), CounterRef("user:u", "day"))
+    assert store._plan([r.scope for r in nested]) is None
+    assert spans_slots(store, "org:n", "user:u")
+    for warm in (True, False):  # warm: the eviction check and the scripts' loads (NOSCRIPT) first
+        for refs, want in ((nested, 2), (across, 4)):
+            specs = tuple(CounterSpec(r, Caps(tokens=1_000)) for r in refs)
+            lease = f"one-{want}-{warm}"
+            before = evalshas()
+            assert store.reserve(ReserveRequest(lease, specs, Amount(0, 10, 1), 60)).admitted
+            assert store.settle(SettleRequest(lease, refs, Amount(0, 5, 1))) == "settled"
+            if not warm:
+                assert evalshas() - before == want, refs
