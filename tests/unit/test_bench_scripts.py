@@ -38,7 +38,8 @@ def test_utilization_prints_its_table() -> None:
         "single-turn, no max_tokens",
         "growing conversation",
         "agent loop, per-run budget",
-        "16 concurrent callers",
+        "16 callers, 1 call each, wait 10 s",
+        "16 callers, 1 call each, no wait",
     ):
         assert row in out
 
