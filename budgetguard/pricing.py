@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -116,6 +116,12 @@ class Rates:
     units: tuple[_Unit, ...]
     per_request: int  # same scale, per single request
     priced: bool = True  # False: no price was known (a tokens-only budget needs none); costs are 0
+    #: the dearest input and output rates when no unit has tiers (``worst_nanos``'s answer, found once)
+    _flat_worst: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not any(unit.tiers for unit in self.units):
+            object.__setattr__(self, "_flat_worst", self._dearest(0))
 
     def numerator(self, u: TokenUsage) -> int:
         """Cost times ``10**(scale+6)`` USD, exactly."""
@@ -142,6 +148,12 @@ class Rates:
         Input could all be cache writes (dearer than plain input on Anthropic),
         output could all be audio; tiers are chosen by ``input_tokens``.
         """
+        best_in, best_out = self._flat_worst or self._dearest(input_tokens)
+        num = self.per_request * _MTOK + best_in * input_tokens + best_out * output_tokens
+        return _ceil_nanos(num, self.scale)
+
+    def _dearest(self, input_tokens: int) -> tuple[int, int]:
+        """The dearest input and output rates, tiers chosen by ``input_tokens``."""
         best = {"input": 0, "output": 0}
         for unit in self.units:
             if unit.direction not in best:
@@ -152,8 +164,7 @@ class Rates:
                     rate = tier_rate
             if rate > best[unit.direction]:
                 best[unit.direction] = rate
-        num = self.per_request * _MTOK + best["input"] * input_tokens + best["output"] * output_tokens
-        return _ceil_nanos(num, self.scale)
+        return best["input"], best["output"]
 
     def usd(self, u: TokenUsage) -> Decimal:
         return _plain(Decimal(self.numerator(u)).scaleb(-(self.scale + 6)))

@@ -92,7 +92,7 @@ class TokenUsage(NamedTuple):
         """Parse a ``UsageMetadata`` dict; ``None`` if it is missing or impossible."""
         if type(usage) is not dict and not isinstance(usage, Mapping):
             return None
-        return _read_usage_metadata(usage)
+        return _plain_usage(usage) or _read_usage_metadata(usage)
 
     @classmethod
     def from_response_metadata(cls, meta: Mapping[str, Any]) -> TokenUsage | None:
@@ -360,6 +360,52 @@ def _check_tables() -> None:
 _check_tables()
 
 _read_usage_metadata = reader(USAGE_METADATA_SHAPE)
+
+
+def _plain_reader_applies(shape: Shape) -> bool:
+    """Whether ``_plain_usage`` reads ``shape`` as its reader would (it does for the bundled table).
+
+    Top-level rows: the two required totals; every other row inside the two
+    detail mappings, none required; rules that change nothing without details
+    (but a ``total_cost`` of 0, which ``_plain_usage`` leaves to the reader).
+    """
+    top = {(r.path, r.to, r.need) for r in shape.rows if len(r.path) == 1}
+    nested = [r for r in shape.rows if len(r.path) != 1]
+    return (
+        top
+        == {
+            (("input_tokens",), "input_tokens", "required"),
+            (("output_tokens",), "output_tokens", "required"),
+        }
+        and all(r.path[0] in _DETAIL_GROUPS and r.need != "required" for r in nested)
+        and set(shape.rules)
+        <= {"cache_write_covers_ttls", "zero_total_cost_is_cache_hit", "repair_contradictions"}
+    )
+
+
+_DETAIL_GROUPS = ("input_token_details", "output_token_details")
+_PLAIN = _plain_reader_applies(USAGE_METADATA_SHAPE)
+
+
+def _plain_usage(usage: Mapping[str, Any]) -> TokenUsage | None:
+    """The common ``UsageMetadata``, totals only, without the shape interpreter; ``None``: not that case."""
+    if type(usage) is not dict or not _PLAIN:
+        return None
+    get = usage.get
+    i, o = get("input_tokens"), get("output_tokens")
+    if (
+        type(i) is int
+        and type(o) is int
+        and 0 <= i <= MAX_TOKENS
+        and 0 <= o <= MAX_TOKENS
+        and get("input_token_details") is None
+        and get("output_token_details") is None
+        and get("total_cost") is None
+    ):
+        return _new(TokenUsage, (i, o, 0, 0, 0, 0, 0, 0, False, False))
+    return None
+
+
 #: ``RESPONSE_ROOTS`` compiled: each root with its shapes' detect keys, ``final`` and reader.
 _RESPONSE_READERS = tuple(
     (root, tuple((s.detect, s.final, reader(s)) for s in shapes)) for root, shapes in RESPONSE_ROOTS
@@ -389,13 +435,23 @@ def usage_from_result(result: LLMResult) -> tuple[TokenUsage | None, str | None]
             if u is not None:
                 total = u if total is None else total + u
             model = model or served_model(message)
-    if isinstance(result.llm_output, Mapping):
+    out = result.llm_output
+    if type(out) is dict and not out:  # what BaseChatModel leaves: nothing to read (read once, below)
         if total is None:
-            total = TokenUsage.from_response_metadata(result.llm_output)
-            model = model or name_at(result.llm_output, LLM_OUTPUT_KEYS)
+            total = _EMPTY_READING
         else:
-            total = with_details(total, TokenUsage.from_response_metadata(result.llm_output))
+            total = with_details(total, _EMPTY_READING)
+    elif isinstance(out, Mapping):
+        if total is None:
+            total = TokenUsage.from_response_metadata(out)
+            model = model or name_at(out, LLM_OUTPUT_KEYS)
+        else:
+            total = with_details(total, TokenUsage.from_response_metadata(out))
     return total, model
+
+
+#: An empty ``llm_output``'s reading (``None`` unless a table says otherwise), read once.
+_EMPTY_READING = TokenUsage.from_response_metadata({})
 
 
 #: The counts inside input and output that some integrations leave out of ``usage_metadata``.

@@ -68,9 +68,18 @@ def _json(part: object) -> bytes:
 
 
 _ROOTS: dict[tuple[object, ...], bytes] = {}  # the params of most calls repeat: their digest, by value
+#: the same, keyed by the params as given (order, values and their types): no sort, no copy
+_SEEN: dict[tuple[object, ...], bytes] = {}
 
 
 def _root(params: Mapping[str, Any], model: str | None) -> bytes:
+    try:  # the common case: these very params (same order, values and types) were seen before
+        seen: tuple[object, ...] | None = (model, tuple(params.items()), tuple(map(type, params.values())))
+        digest = _SEEN.get(seen)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable value (a list of tools...)
+        seen = digest = None
+    if digest is not None:
+        return digest
     kept = {k: v for k, v in params.items() if k not in _NOT_INPUT}
     try:
         key: tuple[object, ...] | None = (model, *sorted((k, type(v).__name__, v) for k, v in kept.items()))
@@ -83,28 +92,34 @@ def _root(params: Mapping[str, Any], model: str | None) -> bytes:
             if len(_ROOTS) >= 4096:
                 _ROOTS.clear()
             _ROOTS[key] = digest
+    if seen is not None:
+        if len(_SEEN) >= 4096:
+            _SEEN.clear()
+        _SEEN[seen] = digest
     return digest
 
 
+_KINDS: dict[str, bytes] = {}  # a message type's name as hashed ("ai" for "AIMessageChunk")
+
+
+def _kind(kind: str) -> bytes:
+    name = kind.removesuffix("MessageChunk").lower() if kind.endswith("MessageChunk") else kind
+    encoded = _KINDS[kind] = name.encode()
+    return encoded
+
+
 def _link(parent: bytes, m: BaseMessage) -> bytes:
-    kind = m.type  # a streamed reply is a chunk: the same message once sent back
-    if kind.endswith("MessageChunk"):
-        kind = kind.removesuffix("MessageChunk").lower()
-    h = hashlib.blake2b(parent, digest_size=16)
-    h.update(kind.encode())
+    kind = _KINDS.get(m.type) or _kind(m.type)  # a streamed reply is a chunk: the same message once sent back
     content = m.content
     if isinstance(content, str):  # the common case, hashed without a JSON dump
-        h.update(b"\0s")
-        h.update(content.encode("utf-8", "surrogatepass"))
+        h = hashlib.blake2b(parent + kind + b"\0s" + content.encode("utf-8", "surrogatepass"), digest_size=16)
     else:
-        h.update(b"\0j")
-        h.update(_json(content))
+        h = hashlib.blake2b(parent + kind + b"\0j" + _json(content), digest_size=16)
     calls = m.tool_calls if isinstance(m, AIMessage) else None
     call_id = m.tool_call_id if isinstance(m, ToolMessage) else None
-    extra = (calls, m.name, call_id, m.additional_kwargs)
-    if any(extra):
+    if calls or m.name or call_id or m.additional_kwargs:
         h.update(b"\0x")
-        h.update(_json(extra))
+        h.update(_json((calls, m.name, call_id, m.additional_kwargs)))
     return h.digest()
 
 

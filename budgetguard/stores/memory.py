@@ -154,8 +154,9 @@ class MemoryStore(Store):
         if ids is None:
             ids = self._settled[root] = OrderedDict()
             self._later(now + self._tombstone_ttl, "settled", root)
+        if lease_id in ids:
+            ids.move_to_end(lease_id)
         ids[lease_id] = now
-        ids.move_to_end(lease_id)
         while len(ids) > self._settled_cap:
             ids.popitem(last=False)
 
@@ -241,15 +242,21 @@ class MemoryStore(Store):
                 return ReserveResult(True, (), None)
             keys = tuple([(ref.scope, ref.per, window_start(ref.per, now)) for ref in refs])  # _key
             eas = tuple([ref.expire_after for ref in refs])
-            states = [self._counters.get(k) or CounterState(window_start=k[2]) for k in keys]
+            counters = self._counters
+            found = [counters.get(k) for k in keys]
+            states = [st or CounterState(window_start=k[2]) for st, k in zip(found, keys, strict=True)]
             violation = first_violation(req.counters, states, req.amount)
             if violation is not None and not req.force:
                 return ReserveResult(False, tuple(replace(s) for s in states), violation)
-            states = [self._state(k, now, ea) for k, ea in zip(keys, eas, strict=True)]
-            for st in states:
-                apply_reserve(st, req.amount)
+            amount = req.amount
+            for i, k in enumerate(keys):
+                st = found[i]
+                ea = eas[i]
+                if st is None or ea is not None:  # new, or its deadline moves: _state's slow path
+                    st = states[i] = self._state(k, now, ea)
+                apply_reserve(st, amount)
             expires = now + req.ttl
-            self._track(req.lease_id, _Lease(keys, req.amount, expires, eas))
+            self._track(req.lease_id, _Lease(keys, amount, expires, eas))
             # Callers read states only to explain a refusal or a forced record.
             snapshot = tuple(replace(s) for s in states) if req.force else ()
             return ReserveResult(True, snapshot, violation)
@@ -268,8 +275,11 @@ class MemoryStore(Store):
                 old = lease or expired[0]  # type: ignore[index]
                 reserved, charged = (old.amount, None) if lease is not None else (None, old.amount)
                 keys, befores = old.keys, self._spent(old.keys)
+                counters = self._counters
                 for key, ea in zip(old.keys, old.expire_after, strict=True):
-                    st = self._state(key, now, ea)
+                    st = counters.get(key) if ea is None else None
+                    if st is None:
+                        st = self._state(key, now, ea)
                     apply_settle(st, reserved, charged, req.actual, req.estimated, req.count_overshoot)
                 outcome = "settled" if lease is not None else "late"
             else:
