@@ -73,3 +73,16 @@ def test_scaling_prints_its_table() -> None:
     for row in ("1 tenants, 1 limit", "50 tenants, 1 limit", "50 tenants, 6 limits"):
         assert row in out
     assert "B per tenant" in out and "one more window" in out
+
+
+def test_throughput_prints_its_table() -> None:
+    out = run_script("throughput.py", "--quick")
+    assert "EVALSHA ceiling/s" in out and "RESULT:" in out
+    for row in (
+        "1 asyncio caller, 1 process",
+        "8 asyncio callers, 1 process",
+        "64 asyncio callers, 1 process",
+        "4 processes x 16 asyncio callers",
+        "unguarded ainvoke, 64 asyncio callers",
+    ):
+        assert row in out
