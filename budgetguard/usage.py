@@ -389,8 +389,8 @@ _PLAIN = _plain_reader_applies(USAGE_METADATA_SHAPE)
 
 def _plain_usage(usage: Mapping[str, Any]) -> TokenUsage | None:
     """The common ``UsageMetadata``, totals only, without the shape interpreter; ``None``: not that case."""
-    if type(usage) is not dict or not _PLAIN:
-        return None
+    if type(usage) is not dict or "input_token_details" in usage or not _PLAIN:
+        return None  # (details: the interpreter reads them; bail out before any other look-up)
     get = usage.get
     i, o = get("input_tokens"), get("output_tokens")
     if (
@@ -398,7 +398,6 @@ def _plain_usage(usage: Mapping[str, Any]) -> TokenUsage | None:
         and type(o) is int
         and 0 <= i <= MAX_TOKENS
         and 0 <= o <= MAX_TOKENS
-        and get("input_token_details") is None
         and get("output_token_details") is None
         and get("total_cost") is None
     ):
