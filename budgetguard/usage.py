@@ -19,6 +19,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import LLMResult
 
 from .model_names import LLM_OUTPUT_KEYS, name_at, served_model_name
+from .plain_usage import plain_totals
 from .providers import RESPONSE_ROOTS, SHAPES, USAGE_METADATA_SHAPE, Row, Shape
 
 __all__ = ["TokenUsage", "usage_from_message", "usage_from_result", "served_model"]
@@ -92,7 +93,10 @@ class TokenUsage(NamedTuple):
         """Parse a ``UsageMetadata`` dict; ``None`` if it is missing or impossible."""
         if type(usage) is not dict and not isinstance(usage, Mapping):
             return None
-        return _plain_usage(usage) or _read_usage_metadata(usage)
+        totals = plain_totals(usage, MAX_TOKENS)  # the commonest reading, without the interpreter
+        if totals is not None:
+            return _new(TokenUsage, (*totals, 0, 0, 0, 0, 0, 0, False, False))
+        return _read_usage_metadata(usage)
 
     @classmethod
     def from_response_metadata(cls, meta: Mapping[str, Any]) -> TokenUsage | None:
@@ -362,49 +366,6 @@ _check_tables()
 _read_usage_metadata = reader(USAGE_METADATA_SHAPE)
 
 
-def _plain_reader_applies(shape: Shape) -> bool:
-    """Whether ``_plain_usage`` reads ``shape`` as its reader would (it does for the bundled table).
-
-    Top-level rows: the two required totals; every other row inside the two
-    detail mappings, none required; rules that change nothing without details
-    (but a ``total_cost`` of 0, which ``_plain_usage`` leaves to the reader).
-    """
-    top = {(r.path, r.to, r.need) for r in shape.rows if len(r.path) == 1}
-    nested = [r for r in shape.rows if len(r.path) != 1]
-    return (
-        top
-        == {
-            (("input_tokens",), "input_tokens", "required"),
-            (("output_tokens",), "output_tokens", "required"),
-        }
-        and all(r.path[0] in _DETAIL_GROUPS and r.need != "required" for r in nested)
-        and set(shape.rules)
-        <= {"cache_write_covers_ttls", "zero_total_cost_is_cache_hit", "repair_contradictions"}
-    )
-
-
-_DETAIL_GROUPS = ("input_token_details", "output_token_details")
-_PLAIN = _plain_reader_applies(USAGE_METADATA_SHAPE)
-
-
-def _plain_usage(usage: Mapping[str, Any]) -> TokenUsage | None:
-    """The common ``UsageMetadata``, totals only, without the shape interpreter; ``None``: not that case."""
-    if type(usage) is not dict or "input_token_details" in usage or not _PLAIN:
-        return None  # (details: the interpreter reads them; bail out before any other look-up)
-    get = usage.get
-    i, o = get("input_tokens"), get("output_tokens")
-    if (
-        type(i) is int
-        and type(o) is int
-        and 0 <= i <= MAX_TOKENS
-        and 0 <= o <= MAX_TOKENS
-        and get("output_token_details") is None
-        and get("total_cost") is None
-    ):
-        return _new(TokenUsage, (i, o, 0, 0, 0, 0, 0, 0, False, False))
-    return None
-
-
 #: ``RESPONSE_ROOTS`` compiled: each root with its shapes' detect keys, ``final`` and reader.
 _RESPONSE_READERS = tuple(
     (root, tuple((s.detect, s.final, reader(s)) for s in shapes)) for root, shapes in RESPONSE_ROOTS
@@ -436,10 +397,7 @@ def usage_from_result(result: LLMResult) -> tuple[TokenUsage | None, str | None]
             model = model or served_model(message)
     out = result.llm_output
     if type(out) is dict and not out:  # what BaseChatModel leaves: nothing to read (read once, below)
-        if total is None:
-            total = _EMPTY_READING
-        else:
-            total = with_details(total, _EMPTY_READING)
+        total = _EMPTY_READING if total is None else with_details(total, _EMPTY_READING)
     elif isinstance(out, Mapping):
         if total is None:
             total = TokenUsage.from_response_metadata(out)

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from budgetguard.engine import prefixes
+from budgetguard.plain_usage import PLAIN, plain_totals
 from budgetguard.pricing import Price, _ceil_nanos, resolve_rates
 from budgetguard.reservation import (
     QUANTITIES,
@@ -26,14 +27,14 @@ from budgetguard.reservation import (
     exceeds,
     first_violation,
 )
-from budgetguard.usage import _PLAIN, _plain_usage, _read_usage_metadata
+from budgetguard.usage import TokenUsage, _read_usage_metadata
 
 VALUES = [0, 1, 7, 10_000_000_000, 10_000_000_001, -1, True, 1.0, None, "3"]
 
 
 def test_the_bundled_usage_shape_takes_the_plain_shortcut() -> None:
-    assert _PLAIN
-    assert _plain_usage({"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}) is not None
+    assert PLAIN
+    assert TokenUsage.from_usage_metadata({"input_tokens": 3, "output_tokens": 4}) == TokenUsage(3, 4)
 
 
 def test_plain_usage_reads_as_the_shape_interpreter() -> None:
@@ -49,11 +50,12 @@ def test_plain_usage_reads_as_the_shape_interpreter() -> None:
     ]
     for i, o, extra in itertools.product(VALUES, VALUES, extras):
         um: dict[str, object] = {"input_tokens": i, "output_tokens": o, **extra}
-        fast = _plain_usage(um)
-        if fast is not None:
-            assert fast == _read_usage_metadata(um), um
-            assert type(fast.estimated) is bool and type(fast.cache_hit) is bool
-    assert _plain_usage({"input_tokens": 1, "output_tokens": 2, "total_cost": 0}) is None
+        got = TokenUsage.from_usage_metadata(um)  # the shortcut where it applies, else the interpreter
+        assert got == _read_usage_metadata(um), um
+        if got is not None:
+            assert type(got.estimated) is bool and type(got.cache_hit) is bool
+    assert plain_totals({"input_tokens": 1, "output_tokens": 2, "total_cost": 0}, 10**10) is None
+    assert plain_totals({"input_tokens": 1, "output_tokens": 2}, 10**10) == (1, 2)
 
 
 def test_flat_worst_rates_match_the_general_loop() -> None:
