@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .alerts import Alert
 from .errors import (
     BudgetError,
     BudgetExceeded,
@@ -34,6 +35,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "Alert",
     "BudgetError",
     "BudgetExceeded",
     "BudgetGuard",

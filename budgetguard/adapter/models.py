@@ -88,7 +88,7 @@ def guard_runnable(
         fits = fitting is not None and fit and engine.flows.fit_max_tokens and cap_field(fitting) is not None
         hint = model_hint(runnable, soft_ppm, fits)
         engine.note_model(hint.model, hint.provider)
-        handler = guard_callback(engine, hint, role=role)
+        handler = guard_callback(engine, hint, role=role, late=fitting is not None)
         return _with_handler(runnable, handler, engine.tag, fitting)
     if type(runnable) is RunnableBinding and isinstance(runnable.bound, BaseLanguageModel):
         bound = guard_runnable(engine, runnable.bound, soft_ppm, role, fit)

@@ -22,7 +22,7 @@ from uuid import UUID
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
-from ..errors import BudgetStoreUnavailable, UnknownModelPrice
+from ..errors import BudgetExceeded, BudgetStoreUnavailable, DegradeRequired, UnknownModelPrice
 from ..estimate import estimate_text_tokens, has_audio_input, max_output_tokens
 from ..model_names import call_model_name, first_name
 from ..pricing import Rates, resolve_rates, unpriced_rates
@@ -42,6 +42,7 @@ from .plans import CallStart, Plan, Planner
 from .prefixes import InputEstimator
 from .refusals import CallShape, refusal
 from .user import UserCallbacks
+from .watch import Watch
 
 __all__ = ["Begun", "Flows"]
 
@@ -87,6 +88,7 @@ class Flows:
         self._tag = os.urandom(4).hex()
         self._spooled_probes: set[str] = set()
         self.minimal_nanos = 1  # the minimal call's price (status.py), lowered by Engine.note_model
+        self.watch: Watch | None = None  # telemetry and alerts, when a guard has them (engine/watch.py)
 
     @property
     def tag(self) -> str:
@@ -135,6 +137,8 @@ class Flows:
         p.prefix = prefix
         p.fit = hint.fit and self.fit_max_tokens
         p.run_id, p.parent_run_id, p.metadata, p.started = run_id, call.parent_run_id, metadata, time.time()
+        if self.watch is not None and self.watch.alerts is not None:
+            p.specs = plan.specs
         if not self.pending.claim(run_id, p):
             return None
         return Begun(run_id, p, plan)
@@ -153,9 +157,24 @@ class Flows:
         if result is not None and not result.admitted:
             self.pending.discard(run_id, p)
             shape = CallShape(p.input_est, p.output_cap, p.rates)
-            raise refusal(plan, result.states, result.violation, p.amount, p.rates.model, shape)
+            exc = refusal(plan, result.states, result.violation, p.amount, p.rates.model, shape)
+            self._refused(p, exc)
+            raise exc
         p.spooled = result is None
         self.pending.reserved(run_id, p)
+        if self.watch is not None:
+            self.watch.admitted(p)
+
+    def _refused(self, p: Pending, exc: BudgetExceeded) -> None:
+        """A refusal, made visible: logged once at INFO, told to ``on_record`` and the watchers."""
+        degrade = isinstance(exc, DegradeRequired)
+        if logger.isEnabledFor(logging.INFO):
+            what = "passes degrade_at; a fallback may serve it" if degrade else "refused"
+            logger.info("budgetguard: %s call %s for %s: %s", p.rates.model, what, exc.scope, exc.reason())
+        if self.watch is not None:
+            self.watch.refused(p, exc)
+        if not degrade and self.on_record is not None:
+            self._emit(p, TokenUsage(), 0, "refused", p.rates.model, reason=exc.reason())
 
     def _fit(self, begun: Begun, refused: ReserveResult) -> Flow[ReserveResult | None]:
         """Reserve again with the output cap lowered to what the budget affords, if that is enough."""
@@ -300,6 +319,7 @@ class Flows:
                 _warn_unpriced(served, rates.model)
         actual = Amount() if usage.cache_hit else Amount(rates.nanos(usage), usage.total_tokens, 1)
         req = SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=not p.probe)
+        began = time.time()
         outcome = yield from self._settle_or_spool(p, req)
         if not p.probe and actual.exceeds(p.amount):
             logger.warning(
@@ -314,6 +334,11 @@ class Flows:
         label: Outcome = "cache_hit" if usage.cache_hit else "estimated" if usage.estimated else outcome
         if outcome in ("replay", "late"):
             label = outcome
+        watch = self.watch
+        if watch is not None:
+            watch.settled(p, usage, actual.nanos, label, rates.model, began)
+            if outcome not in ("replay", "spooled") and not usage.cache_hit:
+                yield from watch.check_alerts(p)
         return self._emit(p, usage, actual.nanos, label, rates.model)
 
     def _settle_or_spool(self, p: Pending, req: SettleRequest) -> Flow[Outcome]:
@@ -345,7 +370,13 @@ class Flows:
             yield from ops.spool_append(encode_release(p.lease_id, p.refs))
 
     def _emit(
-        self, p: Pending, usage: TokenUsage, nanos: int, outcome: Outcome, model: str
+        self,
+        p: Pending,
+        usage: TokenUsage,
+        nanos: int,
+        outcome: Outcome,
+        model: str,
+        reason: str | None = None,
     ) -> CallRecord | None:
         debug = logger.isEnabledFor(logging.DEBUG)
         if self.on_record is None and not debug:
@@ -364,6 +395,7 @@ class Flows:
             metadata=caller_metadata(p.metadata),
             started_at=utc(p.started) if p.started else None,
             ended_at=datetime.now(timezone.utc),
+            reason=reason,
         )
         if debug:
             logger.debug("budgetguard: %s", rec)

@@ -15,6 +15,7 @@ from ..reservation import CounterRef, CounterState
 from ..stores.base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest
 
 __all__ = [
+    "ClaimAlert",
     "Flow",
     "Op",
     "Release",
@@ -24,6 +25,7 @@ __all__ = [
     "Settle",
     "SpoolAppend",
     "Status",
+    "claim_alert",
     "release",
     "replay",
     "reserve",
@@ -68,6 +70,15 @@ class Reset:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimAlert:
+    """Claim an alert key once for everyone (``Store.claim_alert``): True for the one claimer."""
+
+    operation: ClassVar[str] = "claim_alert"  # named in errors
+    key: str
+    ttl: float | None  # seconds; None: kept for good (a lifetime window)
+
+
+@dataclass(frozen=True, slots=True)
 class SpoolAppend:
     """Write one line to the local spool (fsync'ed) before going on."""
 
@@ -79,7 +90,7 @@ class Replay:
     """Replay the spool into the store now, if it holds lines and the store is up."""
 
 
-Op = Union[Reserve, Settle, Release, Status, Reset, SpoolAppend, Replay]  # noqa: UP007 - a runtime alias
+Op = Union[Reserve, Settle, Release, Status, Reset, ClaimAlert, SpoolAppend, Replay]  # noqa: UP007 - a runtime alias
 #: A generator that yields operations and returns ``T``.
 Flow = Generator[Op, object, T]
 
@@ -102,6 +113,10 @@ def status(refs: tuple[CounterRef, ...]) -> Flow[list[CounterState]]:
 
 def reset(scope: str) -> Flow[int]:
     return cast(int, (yield Reset(scope)))
+
+
+def claim_alert(key: str, ttl: float | None) -> Flow[bool]:
+    return cast(bool, (yield ClaimAlert(key, ttl)))
 
 
 def spool_append(entry: dict[str, Any]) -> Flow[None]:

@@ -80,6 +80,7 @@ class MemoryStore(Store):
         self._lease_heap: list[tuple[float, str]] = []
         self._gc_heap: list[tuple[float, int, str, object]] = []
         self._gc_seq = 0
+        self._alerts: dict[str, float] = {}  # claimed alert key -> when the claim lapses (inf: never)
 
     def __repr__(self) -> str:
         return f"MemoryStore(counters={len(self._counters)}, leases={len(self._leases)})"
@@ -183,6 +184,9 @@ class MemoryStore(Store):
                 self._forget(item, now)  # type: ignore[arg-type]
             elif kind == "expired":
                 self._expired.pop(item, None)  # type: ignore[call-overload]
+            elif kind == "alert":
+                if self._alerts.get(item, now + 1) <= now:  # type: ignore[call-overload]
+                    del self._alerts[item]  # type: ignore[arg-type]
             else:
                 self._age_out(item, now)  # type: ignore[arg-type]
 
@@ -275,6 +279,19 @@ class MemoryStore(Store):
                 del self._counters[k]
                 self._forget_at.pop(k, None)
             return len(doomed)
+
+    supports_alerts = True
+
+    def claim_alert(self, key: str, ttl: float | None) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._sweep(now)
+            if self._alerts.get(key, now) > now:
+                return False
+            self._alerts[key] = float("inf") if ttl is None else now + ttl
+            if ttl is not None:
+                self._later(now + ttl, "alert", key)
+            return True
 
     def active_leases(self) -> int:
         """How many reservations are open (for tests and soak checks)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -281,6 +282,51 @@ class RedisStore(Store):
         keys, _ = self._bases([scope])
         return int(await self._acall("reset", keys, [self._now(), scope]))
 
+    # ------------------------------------------------------------ alerts
+
+    supports_alerts = True
+
+    def _alert_key(self, key: str) -> str:
+        return f"{self.prefix}alert:{key}"
+
+    def claim_alert(self, key: str, ttl: float | None) -> bool:
+        """SET NX (with PX when ``ttl``): one claimer in every process, and a retry of a lost
+        reply is told apart by the claimer's own token."""
+        if self.client is None:
+            raise ConfigError("claim_alert() needs a sync client")
+        name, token, px = self._alert_key(key), os.urandom(8).hex(), _px(ttl)
+        c = self.client
+
+        def claim() -> bool:
+            if c.set(name, token, nx=True, px=px):
+                return True
+            return codec.decode_text(c.get(name) or b"") == token  # our own claim, its reply lost
+
+        with mapped(self.label, self.timeout, self.attempts, "claim_alert") as call:
+            try:
+                return bool(c.set(name, token, nx=True, px=px))
+            except FAILURES as e:
+                retrying = Retrying(**call.retry_policy(e))
+            return bool(retrying(claim))
+
+    async def aclaim_alert(self, key: str, ttl: float | None) -> bool:
+        c = self.async_client
+        if c is None:
+            return await asyncio.to_thread(self.claim_alert, key, ttl)
+        name, token, px = self._alert_key(key), os.urandom(8).hex(), _px(ttl)
+
+        async def claim() -> bool:
+            if await c.set(name, token, nx=True, px=px):
+                return True
+            return codec.decode_text(await c.get(name) or b"") == token
+
+        with mapped(self.label, self.timeout, self.attempts, "claim_alert") as call:
+            try:
+                return bool(await c.set(name, token, nx=True, px=px))
+            except FAILURES as e:
+                retrying = AsyncRetrying(**call.retry_policy(e))
+            return bool(await retrying(claim))
+
     def scopes(self) -> list[tuple[str, str]]:
         """Every (scope, period) that has held a reservation and is not forgotten yet
         (``expire_after``), without KEYS or SCAN. (``roots`` and ``<base>s`` are the sets
@@ -325,6 +371,11 @@ class RedisStore(Store):
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+
+
+def _px(ttl: float | None) -> int | None:
+    """A claim's expiry in milliseconds (at least 1), or None to keep it."""
+    return None if ttl is None else max(int(ttl * 1000), 1)
 
 
 def _check(client: Any, async_client: Any, prefix: str, timeout: float, attempts: int) -> None:
