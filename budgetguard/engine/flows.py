@@ -168,13 +168,14 @@ class Flows:
     def _refused(self, p: Pending, exc: BudgetExceeded) -> None:
         """A refusal, made visible: logged once at INFO, told to ``on_record`` and the watchers."""
         degrade = isinstance(exc, DegradeRequired)
+        model = p.rates.model or exc.model or ""
         if logger.isEnabledFor(logging.INFO):
             what = "passes degrade_at; a fallback may serve it" if degrade else "refused"
-            logger.info("budgetguard: %s call %s for %s: %s", p.rates.model, what, exc.scope, exc.reason())
+            logger.info("budgetguard: %s call %s for %s: %s", model or "a", what, exc.scope, exc.reason())
         if self.watch is not None:
             self.watch.refused(p, exc)
         if not degrade and self.on_record is not None:
-            self._emit(p, TokenUsage(), 0, "refused", p.rates.model, reason=exc.reason())
+            self._emit(p, TokenUsage(), 0, "refused", model, reason=exc.reason())
 
     def _fit(self, begun: Begun, refused: ReserveResult) -> Flow[ReserveResult | None]:
         """Reserve again with the output cap lowered to what the budget affords, if that is enough."""

@@ -8,6 +8,7 @@ before it pulls the model (stream).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,7 +109,11 @@ class PipeFlows(Flows):
             self._spooled_probes.add(req.lease_id)
             return req.lease_id, plan
         if not result.admitted:
-            raise refusal(plan, result.states, result.violation, amount, model)
+            exc = refusal(plan, result.states, result.violation, amount, model)
+            p = Pending(req.lease_id, plan.refs, plan.labels, amount, _NO_RATES, None, 0, 0)
+            p.metadata, p.started = metadata, time.time()
+            self._refused(p, exc)
+            raise exc
         return req.lease_id, plan
 
     def settle_stream(
