@@ -19,6 +19,7 @@ EXPECT = {
     "per_user_quota.py": ["alice: ok", "alice: refused (user:alice", "bob: ok", "user:carol"],
     "degrade.py": ["refused: Budget exceeded", "gpt-4o-mini", "provider calls: gpt-4o"],
     "structured_output.py": ["name='Ada' age=36", "recorded:"],
+    "alert_webhook.py": ["webhook got: user:alice passed 50% of its day usd budget", "refused (user:alice)"],
 }
 
 
