@@ -151,3 +151,33 @@ def test_without_opentelemetry_a_guard_has_no_telemetry() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+
+def test_prometheus_sees_the_documented_series() -> None:
+    """The README's Prometheus set-up, in a process of its own (one global provider per process)."""
+    code = (
+        "from opentelemetry import metrics\n"
+        "from opentelemetry.exporter.prometheus import PrometheusMetricReader\n"
+        "from opentelemetry.sdk.metrics import MeterProvider\n"
+        "from prometheus_client import generate_latest\n"
+        "metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))\n"
+        "import budgetguard\n"
+        "from budgetguard.testing import FakeChatModel\n"
+        "guard = budgetguard.BudgetGuard(limits=[budgetguard.Limit(requests=1)])\n"
+        "llm = guard.wrap(FakeChatModel(max_tokens=9))\n"
+        "llm.invoke('hi')\n"
+        "try:\n"
+        "    llm.invoke('hi')\n"
+        "except budgetguard.BudgetExceeded:\n"
+        "    pass\n"
+        "print(generate_latest().decode())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for series in (
+        "budgetguard_cost_USD_total{",
+        'budgetguard_tokens_total{gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o-mini",'
+        'gen_ai_token_type="input"',
+        'budgetguard_calls_total{budgetguard_outcome="refused"',
+        'budgetguard_latency_seconds_bucket{budgetguard_phase="settle"',
+    ):
+        assert series in out, f"{series} not in:\n{out}"

@@ -189,3 +189,16 @@ def test_no_event_is_built_when_no_handler_listens() -> None:
             raise AssertionError("an ignoring handler got a custom event")
 
     assert llm.invoke("hi", config={"callbacks": [Deaf()]}).content
+
+
+def test_a_second_guard_refusing_releases_the_first_guards_reservation() -> None:
+    """The refusal is raised inside the model call, so LangChain tells every handler: nothing stays held."""
+    first = BudgetGuard(limits=[Limit(requests=10)])
+    second = BudgetGuard(limit_usd="0.000001", fit_max_tokens=False)
+    raw = FakeChatModel(model_name="gpt-4o", max_tokens=100)
+    llm = second.wrap(first.wrap(raw))
+    with pytest.raises(BudgetExceeded):
+        llm.invoke("hi")
+    (row,) = first.remaining().rows
+    assert (row.spent, row.reserved) == (0, 0), "the first guard's reservation stayed open"
+    assert raw.calls.count == 0
