@@ -29,7 +29,7 @@ from .compat import detection_available, on_async_path
 from .composite import AsyncFanOut, FanOut
 from .fit import cache_will_answer
 from .logs import quiet_refusals
-from .traces import decision_events, held
+from .traces import decision_events, end_open_runs, end_open_runs_sync, held
 from .v3 import stream_event
 
 __all__ = ["GUARDS_KEY", "BudgetGuardCallback", "SyncTwin", "AsyncTwin", "guard_callback"]
@@ -108,12 +108,14 @@ class _Core:
             kwargs.get("parent_run_id"),
         )
 
-    def _refused(self, exc: BudgetExceeded, kwargs: dict[str, Any]) -> None:
-        """Raise the refusal now, or hold it for the model call to raise (``adapter/traces.py``)."""
+    def _held(self, exc: BudgetExceeded, kwargs: dict[str, Any]) -> bool:
+        """Whether the refusal is held for the model call to raise (``adapter/traces.py``); else the
+        caller raises it now, after ending the runs that saw this start."""
         candidates.refused(self.role, kwargs.get("parent_run_id"), exc)
         if not self.late or kwargs.get("batch_size", 1) != 1:
-            raise exc
+            return False
         held.hold(self.owner, kwargs["run_id"], exc)
+        return True
 
     def _over(self, run_id: UUID) -> None:
         """The call ended: a refusal still held for it is void (LangChain's cache answered it)."""
@@ -153,8 +155,10 @@ class SyncTwin(_Core):
         try:
             self.engine.begin(call)
         except BudgetExceeded as exc:
-            self._refused(exc, kwargs)
-            return
+            if self._held(exc, kwargs):
+                return
+            end_open_runs_sync(exc, kwargs)
+            raise
         self._admitted(kwargs)
 
     def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
@@ -191,8 +195,12 @@ class AsyncTwin(_Core):
         try:
             await self.engine.abegin(call)
         except BudgetExceeded as exc:
-            self._refused(exc, kwargs)
-            return
+            if self._held(exc, kwargs):
+                return
+            ending = end_open_runs(exc, kwargs)
+            if ending is not None:
+                await ending
+            raise
         self._admitted(kwargs)
 
     async def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:

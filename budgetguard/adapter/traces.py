@@ -22,6 +22,7 @@ Nothing is built when no handler of the run listens.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 from collections import OrderedDict
@@ -32,11 +33,12 @@ from uuid import UUID
 
 from langchain_core.callbacks.manager import ahandle_event, handle_event
 from langchain_core.language_models import BaseChatModel
+from langchain_core.outputs import LLMResult
 
 from ..errors import BudgetExceeded, DegradeRequired
 from ..units import to_usd
 
-__all__ = ["EVENT_NAME", "HeldRefusals", "aannounce", "announce", "held"]
+__all__ = ["EVENT_NAME", "HeldRefusals", "aannounce", "announce", "end_open_runs", "held"]
 
 EVENT_NAME = "budgetguard"
 #: Refusals held at most, oldest dropped first (one is held only until its model call raises it).
@@ -102,6 +104,68 @@ def run_manager_of(run_manager: Any) -> Any:
             return frame.f_locals.get("run_manager")
         frame = frame.f_back
     return None
+
+
+_SYNC_DISPATCH = getattr(handle_event, "__code__", None)
+_ASYNC_DISPATCH = getattr(ahandle_event, "__code__", None)
+#: Background error ends scheduled from a sync handler on LangChain's async path.
+_ending: set[asyncio.Task[None]] = set()
+
+
+def _dispatcher() -> tuple[bool, list[Any]] | None:
+    """(async?, the handlers before the current one) of the LangChain dispatcher running this event."""
+    if _getframe is None:
+        return None
+    frame = _getframe(2)
+    for _ in range(12):
+        if frame is None:
+            return None
+        if frame.f_code is _SYNC_DISPATCH or frame.f_code is _ASYNC_DISPATCH:
+            is_async = frame.f_code is _ASYNC_DISPATCH
+            loc = frame.f_locals
+            handlers, current = loc.get("handlers"), loc.get("handler")
+            if not isinstance(handlers, list) or current is None:
+                return None
+            if is_async and frame.f_back is not None:
+                # The async manager dispatches one handler at a time: its own list, from its frame.
+                manager = frame.f_back.f_locals.get("self")
+                every = getattr(manager, "handlers", None)
+                if isinstance(every, list) and any(h is current for h in every):
+                    handlers = every
+            order = [h for h in handlers if h.run_inline] if is_async else handlers
+            before = next((order[:i] for i, h in enumerate(order) if h is current), [])
+            return is_async, before
+        frame = frame.f_back
+    return None
+
+
+def end_open_runs(exc: BaseException, kwargs: dict[str, Any]) -> Any:
+    """Send ``on_llm_error`` to the handlers that saw this start: the sync dispatch now; on the
+    async one, the coroutine to await (the caller's) or, from a sync handler, a task."""
+    found = _dispatcher()
+    if found is None or not found[1]:
+        return None
+    is_async, before = found
+    args = ("on_llm_error", "ignore_llm", exc)
+    kw = {
+        "run_id": kwargs["run_id"],
+        "parent_run_id": kwargs.get("parent_run_id"),
+        "tags": kwargs.get("tags"),
+        "response": LLMResult(generations=[]),
+    }
+    if not is_async:
+        handle_event(before, *args, **kw)
+        return None
+    return ahandle_event(before, *args, **kw)
+
+
+def end_open_runs_sync(exc: BaseException, kwargs: dict[str, Any]) -> None:
+    """``end_open_runs`` from a sync handler: an async dispatch gets a task on its loop."""
+    coro = end_open_runs(exc, kwargs)
+    if coro is not None:
+        task = asyncio.get_running_loop().create_task(coro)
+        _ending.add(task)
+        task.add_done_callback(_ending.discard)
 
 
 def _listeners(run_manager: Any) -> list[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from decimal import Decimal
@@ -12,8 +13,9 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tracers.base import BaseTracer
 from langchain_core.tracers.schemas import Run
+from redis_servers import RedisServer
 
-from budgetguard import BudgetExceeded, BudgetGuard, CallRecord, Limit
+from budgetguard import BudgetExceeded, BudgetGuard, CallRecord, Limit, RedisStore
 from budgetguard.testing import FakeChatModel
 
 CALLBACK_LOGGER = "langchain_core.callbacks.manager"
@@ -202,3 +204,40 @@ def test_a_second_guard_refusing_releases_the_first_guards_reservation() -> None
     (row,) = first.remaining().rows
     assert (row.spent, row.reserved) == (0, 0), "the first guard's reservation stayed open"
     assert raw.calls.count == 0
+
+
+def test_a_refusal_at_the_start_under_enforce_or_on_a_chain_still_ends_the_run() -> None:
+    """Refused at the start (not inside the model call): the handlers that saw the start get its error."""
+    guard, records, raw = _refusing()
+    # a guard on a chain, inside an outer chain traced from the outside: the tracer sees the start first
+    outer = RunnableLambda(lambda x: x) | guard.wrap(RunnableLambda(lambda x: raw.invoke(x)))
+    for call in (
+        lambda config: outer.invoke("hi", config=config),
+        lambda config: _enforced(guard, raw, config),
+    ):
+        runs = Runs()
+        with pytest.raises(BudgetExceeded):
+            call({"metadata": {"user_id": "u1"}, "callbacks": [runs]})
+        (run,) = runs.models()
+        assert run.end_time is not None and run.error and "Budget exceeded" in run.error
+        assert all(r.end_time is not None for r in runs.opened)
+    assert [r.outcome for r in records] == ["refused", "refused"] and raw.calls.count == 0
+
+
+def _enforced(guard: BudgetGuard, raw: FakeChatModel, config: Any) -> None:
+    with guard.enforce(user_id="u1"):
+        raw.invoke("hi", config=config)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])  # the sync handler on the async path; the async twin
+async def test_an_async_refusal_at_the_start_still_ends_the_run(kind: str, redis_server: RedisServer) -> None:
+    prefix = f"o-{uuid.uuid4()}:"
+    store = "memory://" if kind == "memory" else RedisStore.from_url(redis_server.url, prefix=prefix)
+    guard, _, raw = _refusing(store=store)
+    runs = Runs()
+    runs.run_inline = True  # LangChain's async dispatch runs inline handlers first, in order
+    with guard.enforce(user_id="u1"), pytest.raises(BudgetExceeded):
+        await raw.ainvoke("hi", config={"callbacks": [runs]})
+    await asyncio.sleep(0.05)  # a sync handler on the async path ends them in a task
+    (run,) = runs.models()
+    assert run.end_time is not None and run.error and "Budget exceeded" in run.error
