@@ -175,7 +175,7 @@ class Flows:
         if self.watch is not None:
             self.watch.refused(p, exc)
         if not degrade and self.on_record is not None:
-            self._emit(p, TokenUsage(), 0, "refused", model, reason=exc.reason())
+            self._emit(p, TokenUsage(), 0, "refused", model, why=exc.reason())
 
     def _fit(self, begun: Begun, refused: ReserveResult) -> Flow[ReserveResult | None]:
         """Reserve again with the output cap lowered to what the budget affords, if that is enough."""
@@ -371,13 +371,7 @@ class Flows:
             yield from ops.spool_append(encode_release(p.lease_id, p.refs))
 
     def _emit(
-        self,
-        p: Pending,
-        usage: TokenUsage,
-        nanos: int,
-        outcome: Outcome,
-        model: str,
-        reason: str | None = None,
+        self, p: Pending, usage: TokenUsage, nanos: int, outcome: Outcome, model: str, why: str | None = None
     ) -> CallRecord | None:
         debug = logger.isEnabledFor(logging.DEBUG)
         if self.on_record is None and not debug:
@@ -396,7 +390,7 @@ class Flows:
             metadata=caller_metadata(p.metadata),
             started_at=utc(p.started) if p.started else None,
             ended_at=datetime.now(timezone.utc),
-            reason=reason,
+            reason=why,
         )
         if debug:
             logger.debug("budgetguard: %s", rec)

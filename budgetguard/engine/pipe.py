@@ -17,7 +17,7 @@ from langchain_core.messages import BaseMessage
 from ..errors import BudgetExceeded, BudgetStoreUnavailable, ConfigError
 from ..estimate import estimate_text_tokens
 from ..pricing import context_window
-from ..records import CallRecord
+from ..records import CallRecord, Outcome
 from ..reservation import Amount
 from ..spool import encode_reserve
 from ..stores.base import ReserveRequest, ReserveResult, SettleRequest
@@ -60,7 +60,10 @@ class PipeFlows(Flows):
         yield from self._settle_or_spool(
             p, SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=False)
         )
-        self._emit(p, usage, actual.nanos, "estimated" if usage.estimated else "settled", rates.model)
+        outcome: Outcome = "estimated" if usage.estimated else "settled"
+        if self.watch is not None:
+            self.watch.settled(p, usage, actual.nanos, outcome, rates.model, time.time())
+        self._emit(p, usage, actual.nanos, outcome, rates.model)
         if result.violation is not None and not result.violation.soft:
             return refusal(plan, states_before(result.states, _PROBE), result.violation, _PROBE, rates.model)
         return None

@@ -61,7 +61,7 @@ class Watch:
         self, p: Pending, usage: TokenUsage, nanos: int, outcome: str, model: str, began: float
     ) -> None:
         t = self.telemetry
-        if t is not None:
+        if t is not None and outcome != "replay":  # a replayed settle was counted when it first landed
             if usage.estimated:
                 t.count("estimated", model, p.provider)
             if not p.probe and nanos > p.amount.nanos:

@@ -181,3 +181,15 @@ def test_prometheus_sees_the_documented_series() -> None:
         'budgetguard_latency_seconds_bucket{budgetguard_phase="settle"',
     ):
         assert series in out, f"{series} not in:\n{out}"
+
+
+def test_the_pipe_form_is_counted_too(otel: tuple[InMemoryMetricReader, InMemorySpanExporter]) -> None:
+    reader, _ = otel
+    before = _points(reader)
+    model = FakeChatModel(model_name="gpt-4o-mini", input_tokens=30, output_tokens=3)
+    chain = model | BudgetGuard(limit_usd=1)
+    chain.invoke("hi")
+    after = _points(reader)
+    attrs = {"gen_ai.token.type": "input", "gen_ai.request.model": "gpt-4o-mini"}
+    got = _sum(after["budgetguard.tokens"], **attrs) - _sum(before.get("budgetguard.tokens", []), **attrs)
+    assert got == 30
