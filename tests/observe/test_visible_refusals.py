@@ -140,6 +140,24 @@ async def test_astream_events_shows_the_refusal_and_not_an_open_run() -> None:
     assert seen[1][1]["decision"] == "refused" and seen[1][1]["scope"] == "user:u1"
 
 
+async def test_in_astream_events_a_refusal_ends_like_a_provider_error_plus_its_event() -> None:
+    """langchain-core's v2 event stream has no chat-model error event, for any error: a provider's
+    error shows a start and then raises. A refusal shows the same, plus the ``refused`` event."""
+    failing = BudgetGuard(limit_usd=1).wrap(FakeChatModel(fail_with=lambda: RuntimeError("provider down")))
+    kinds: list[str] = []
+    with pytest.raises(RuntimeError):
+        async for ev in failing.astream_events("hi", version="v2"):
+            kinds.append(ev["event"])
+    assert kinds == ["on_chat_model_start", "on_custom_event"]  # the start, and the reservation's event
+    guard, _, raw = _refusing()
+    kinds = []
+    with pytest.raises(BudgetExceeded):
+        config: Any = {"metadata": {"user_id": "u"}}
+        async for ev in guard.wrap(raw).astream_events("hi", version="v2", config=config):
+            kinds.append(ev["event"])
+    assert kinds == ["on_chat_model_start", "on_custom_event"]
+
+
 async def test_astream_events_shows_the_reservation_of_an_admitted_call() -> None:
     guard = BudgetGuard(limit_usd="1")
     llm = guard.wrap(FakeChatModel(model_name="gpt-4o", max_tokens=100))
