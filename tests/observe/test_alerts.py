@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_servers import RedisServer
+from redis_servers import Cluster, RedisServer
 
 from budgetguard import Alert, BudgetExceeded, BudgetGuard, ConfigError, Limit, MemoryStore, RedisStore
 from budgetguard.stores.base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
@@ -226,3 +226,17 @@ def test_each_threshold_fires_exactly_once_across_processes(
     assert sorted(x["t"] for x in lines) == [0.5, 0.8, 1.0], lines
     assert {x["scope"] for x in lines} == {"team:core"}
     assert all(x["spent"] >= x["t"] * 20 for x in lines)
+
+
+async def test_alerts_on_redis_cluster_sync_and_async(redis_cluster: Cluster) -> None:
+    alerts: list[Alert] = []
+    store = RedisStore.from_url(redis_cluster.url, prefix=f"al-{uuid.uuid4().hex}:")
+    guard = BudgetGuard(
+        limits=[Limit(requests=4, scope="org:{org}")], store=store, alerts=[0.5, 1.0], on_alert=alerts.append
+    )
+    llm = guard.wrap(_model())
+    for org in ("a", "b"):
+        llm.invoke("q", config={"metadata": {"org": org}})
+        await llm.ainvoke("q", config={"metadata": {"org": org}})
+    assert sorted((a.scope, a.threshold) for a in alerts) == [("org:a", 0.5), ("org:b", 0.5)]
+    assert await store.aclaim_alert("x", 5) is True and store.claim_alert("x", 5) is False
