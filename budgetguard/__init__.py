@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .alerts import Alert
+from .definitions import LimitDef
 from .errors import (
     BudgetError,
     BudgetExceeded,
@@ -14,6 +15,7 @@ from .errors import (
 )
 from .guard import BudgetGuard
 from .health import Health
+from .ledger import LedgerRecord
 from .limits import Limit
 from .pricing import Price, cost
 from .records import CallRecord
@@ -45,7 +47,9 @@ __all__ = [
     "ConfigError",
     "DegradeRequired",
     "Health",
+    "LedgerRecord",
     "Limit",
+    "LimitDef",
     "LimitStatus",
     "MemoryStore",
     "MissingScope",

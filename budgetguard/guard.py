@@ -13,8 +13,9 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
+from langchain_core.language_models import BaseLanguageModel
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.base import coerce_to_runnable
 
@@ -38,6 +39,11 @@ from .stores import Store
 from .tokencount import InputCounter
 
 __all__ = ["BudgetGuard", "CallRecord"]
+
+#: A chat model (or LLM) class: ``wrap()`` gives back an instance of it (see ``wrap``).
+M = TypeVar("M", bound=BaseLanguageModel[Any])
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 class BudgetGuard(Runnable[Any, Any]):
@@ -118,12 +124,24 @@ class BudgetGuard(Runnable[Any, Any]):
 
     # -------------------------------------------------------------- wrapping
 
+    # mypy cannot see that an M is the Runnable[In, Out] of overload 2 with its own In and Out.
+    @overload
+    def wrap(self, runnable: M) -> M: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def wrap(self, runnable: Runnable[In, Out]) -> Runnable[In, Out]: ...
+
     def wrap(self, runnable: Runnable[Any, Any]) -> Runnable[Any, Any]:
         """Guard every chat-model call made by ``runnable``.
 
-        A chat model comes back as a chat model (a subclass of its class, tools and
-        structured output intact). With ``fallback=``, it comes back as a
-        ``RunnableWithFallbacks`` that degrades to the first fallback that fits.
+        A chat model comes back as a chat model, typed as its own class (it is an instance of
+        it, or of a same-named subclass: tools and structured output intact), so
+        ``guard.wrap(ChatOpenAI()).bind_tools(...)`` type-checks. A chain or other runnable
+        comes back as a runnable of the same input and output. With ``fallback=``, a chat
+        model comes back as a ``RunnableWithFallbacks`` that degrades to the first fallback
+        that fits: it is still typed as the model's class, which is what it does (it reads
+        attributes from the primary, and runs ``bind_tools``/``with_structured_output`` on
+        every candidate), but ``isinstance`` against the class does not hold.
         ``degrade_at`` is a soft cap: when no fallback fits, the primary serves
         if it fits the hard cap (it is tried again last, without the soft cap).
         """

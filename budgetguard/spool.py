@@ -22,6 +22,7 @@ from typing import Any
 
 from . import filelocks
 from .errors import BudgetStoreUnavailable, ConfigError
+from .ledger import LedgerNote
 from .reservation import Amount, Caps, CounterRef, CounterSpec
 from .stores.base import ReserveRequest, SettleRequest, Store
 
@@ -60,7 +61,7 @@ def encode_reserve(req: ReserveRequest) -> dict[str, Any]:
 
 
 def encode_settle(req: SettleRequest) -> dict[str, Any]:
-    return {
+    entry = {
         "op": "settle",
         "lease": req.lease_id,
         "counters": [[r.scope, r.per, *_expiry(r)] for r in req.counters],
@@ -68,6 +69,9 @@ def encode_settle(req: SettleRequest) -> dict[str, Any]:
         "estimated": req.estimated,
         "overshoot": req.count_overshoot,
     }
+    if req.note is not None:  # for the ledger record (lines without it replay as before)
+        entry["note"] = req.note.to_list()
+    return entry
 
 
 def encode_release(lease_id: str, counters: tuple[CounterRef, ...]) -> dict[str, Any]:
@@ -90,7 +94,12 @@ def apply(store: Store, entry: dict[str, Any]) -> None:
         refs = tuple(CounterRef(*c) for c in entry["counters"])
         store.settle(
             SettleRequest(
-                entry["lease"], refs, Amount(*entry["actual"]), entry["estimated"], entry["overshoot"]
+                entry["lease"],
+                refs,
+                Amount(*entry["actual"]),
+                entry["estimated"],
+                entry["overshoot"],
+                LedgerNote.from_list(entry.get("note")),
             )
         )
     elif op == "release":

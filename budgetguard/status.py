@@ -6,17 +6,36 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import TypeAlias
 
 from .limits import Limit
 from .reservation import Amount, CounterState
 from .units import Quantity, counter_field, format_quantity, to_usd
 from .windows import as_datetime, window_end
 
-__all__ = ["MINIMAL_CALL_TOKENS", "BudgetStatus", "LimitStatus"]
+__all__ = ["MINIMAL_CALL_TOKENS", "BudgetStatus", "LimitStatus", "json_quantity"]
 
 #: The minimal call's tokens: a near-empty prompt (8) and one output token.
 MINIMAL_CALL_TOKENS = 9
 _UNPRICED_MINIMAL_CALL = Amount(1, MINIMAL_CALL_TOKENS, 1)
+
+#: What ``to_dict`` holds: str, int, bool, None, and lists and dicts of them (never a float).
+JSONValue: TypeAlias = str | int | bool | list["JSONValue"] | dict[str, "JSONValue"] | None
+
+
+def json_quantity(quantity: Quantity, v: Decimal | int) -> str | int:
+    """A value for JSON: dollars as an exact fixed-point string (``"0.000123"``), counts as ``int``.
+
+    JSON numbers become floats in most clients (FastAPI's encoder turns ``Decimal`` into one),
+    so money never travels as a number.
+    """
+    if quantity == "usd":
+        return format(Decimal(v).normalize(), "f")
+    return int(v)
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +64,24 @@ class LimitStatus:
 
     def fmt(self, v: Decimal | int) -> str:
         return format_quantity(self.quantity, v, unit=False)
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        """This row for JSON: money as strings, counts as ints, datetimes ISO 8601 (UTC), no floats."""
+        q = self.quantity
+        return {
+            "scope": self.scope,
+            "template": self.limit.scope,
+            "quantity": q,
+            "per": self.per,
+            "cap": json_quantity(q, self.cap),
+            "spent": json_quantity(q, self.spent),
+            "reserved": json_quantity(q, self.reserved),
+            "remaining": json_quantity(q, self.remaining),
+            "window_start": _iso(self.window_start),
+            "resets_at": _iso(self.resets_at),
+            "overshoots": self.overshoots,
+            "estimated": self.estimated,
+        }
 
     def fits(self, amount: Amount) -> bool:
         """Whether a call of ``amount`` (nano-dollars, tokens, requests) fits this row now."""
@@ -107,6 +144,22 @@ class BudgetStatus:
     def exhausted(self) -> bool:
         """True when not even the minimal call fits: every call is refused until something frees."""
         return not self.can_fit_minimal_call
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        """The status for JSON (an HTTP answer, ``--json``): see ``LimitStatus.to_dict``."""
+        remaining = self.remaining_usd
+        m = self.minimal_call
+        return {
+            "rows": [r.to_dict() for r in self.rows],
+            "skipped": list(self.skipped),
+            "remaining_usd": None if remaining is None else json_quantity("usd", remaining),
+            "exhausted": self.exhausted,
+            "minimal_call": {
+                "usd": json_quantity("usd", to_usd(m.nanos)),
+                "tokens": m.tokens,
+                "requests": m.requests,
+            },
+        }
 
     def for_scope(self, scope: str) -> Sequence[LimitStatus]:
         return [r for r in self.rows if r.scope == scope]

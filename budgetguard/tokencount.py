@@ -6,7 +6,7 @@ call to size its reservation. The choices:
 - ``"bytes"`` (the default): one token per UTF-8 byte (``estimate.py``), a
   proven bound for every byte-level BPE tokenizer, whatever the model.
 - ``"o200k"`` / ``"cl100k"``: OpenAI's encodings, counted exactly offline with
-  ``bpe-openai`` (``pip install 'budgetguard[tokenizers]'``), for models of that
+  ``bpe-openai`` (``pip install 'langchain-budgetguard[tokenizers]'``), for models of that
   encoding only (o200k: gpt-4o*, gpt-4.1*, gpt-5*, o1*, o3*, o4*; cl100k:
   gpt-4*, gpt-3.5*); every other model keeps the byte bound.
 - ``"auto"``: each OpenAI model its own encoding, by the table above; the byte
@@ -139,7 +139,7 @@ def _module() -> Any:
     except ImportError:
         raise ConfigError(
             "token_counter='o200k', 'cl100k' and 'auto' need bpe-openai: "
-            "pip install 'budgetguard[tokenizers]'"
+            "pip install 'langchain-budgetguard[tokenizers]'"
         ) from None
     return bpe_openai
 

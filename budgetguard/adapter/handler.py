@@ -15,6 +15,7 @@ and ``AsyncBaseTracer`` share ``_TracerCore``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
@@ -32,7 +33,7 @@ from .logs import quiet_refusals
 from .traces import decision_events, end_open_runs, end_open_runs_sync, held
 from .v3 import stream_event
 
-__all__ = ["GUARDS_KEY", "BudgetGuardCallback", "SyncTwin", "AsyncTwin", "guard_callback"]
+__all__ = ["GUARDS_KEY", "BudgetGuardCallback", "SyncTwin", "AsyncTwin", "context_scopes", "guard_callback"]
 
 #: The events a guard handles, in the order LangChain sends them.
 EVENTS = (
@@ -46,6 +47,11 @@ EVENTS = (
 
 #: Metadata key on a guarded model: the tags of the guards whose handler the model carries.
 GUARDS_KEY = "budgetguard_guards"
+
+#: Scope values the context supplies to every call made in it, over the run's own metadata (and under
+#: ``enforce()``'s): the agents middleware sets ``run_id``, ``thread_id`` and the like here, since an
+#: agent's model calls carry no per-run key of their own. Set it with ``.set()``/``.reset()``.
+context_scopes: ContextVar[Mapping[str, Any] | None] = ContextVar("budgetguard_context_scopes", default=None)
 
 
 class _Core:
@@ -78,6 +84,9 @@ class _Core:
         self.generic = hint == ModelHint() and not extra_metadata
 
     def _meta(self, metadata: Mapping[str, Any] | None) -> Mapping[str, Any]:
+        supplied = context_scopes.get()
+        if supplied:
+            metadata = {**(metadata or {}), **supplied}
         if not self.extra_metadata:
             return metadata or {}
         return {**(metadata or {}), **self.extra_metadata}

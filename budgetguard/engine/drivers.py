@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from ..errors import BudgetStoreUnavailable
 from ..spool import Spool
 from ..stores.base import Store
-from .ops import ClaimAlert, Flow, Op, Release, Replay, Reserve, Reset, Settle, SpoolAppend, Status
+from .ops import ClaimAlert, Define, Flow, Op, Release, Replay, Reserve, Reset, Settle, SpoolAppend, Status
 
 __all__ = ["AsyncDriver", "Breaker", "DriverState", "SyncDriver"]
 
@@ -134,6 +134,19 @@ class DriverState:
         self.breaker.reset()  # the store answered: calls need not wait out the cooldown
         return applied
 
+    def define(self, write: Callable[[], Any]) -> bool:
+        """Record the limit definitions (``Define``); quietly ``False`` if the store cannot now.
+
+        The CLI's view only: a failure neither trips the breaker nor reaches the call.
+        """
+        if self.breaker.is_open():
+            return False
+        try:
+            write()
+        except BudgetStoreUnavailable:
+            return False
+        return True
+
     def append(self, entry: dict[str, Any]) -> None:
         assert self.spool is not None, "a flow spools only when the guard has a spool"
         self.spool.append(entry)
@@ -182,6 +195,8 @@ class SyncDriver:
             return state.append(op.entry)
         if kind is Replay:
             return state.replay()
+        if kind is Define:
+            return state.define(lambda: self._store.define_limits(op.defs))  # type: ignore[union-attr]
         if not state.started:
             state.start()
         breaker, name = state.breaker, op.operation  # type: ignore[union-attr]
@@ -238,6 +253,8 @@ class AsyncDriver:
             return await asyncio.to_thread(state.append, op.entry)
         if kind is Replay:
             return await self._replay()
+        if kind is Define:
+            return await self._define(op)  # type: ignore[arg-type]
         if not state.started:
             await asyncio.to_thread(state.start)
         breaker, name = state.breaker, op.operation  # type: ignore[union-attr]
@@ -250,6 +267,16 @@ class AsyncDriver:
         if state.spool is not None:
             await self._replay()
         return out
+
+    async def _define(self, op: Define) -> bool:
+        state = self.state
+        if state.breaker.is_open():
+            return False
+        try:
+            await state.store.adefine_limits(op.defs)
+        except BudgetStoreUnavailable:
+            return False
+        return True
 
     async def _replay(self) -> None:
         if self.state.wants_replay():

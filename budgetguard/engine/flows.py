@@ -22,8 +22,10 @@ from uuid import UUID
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
+from ..definitions import definitions_of
 from ..errors import BudgetExceeded, BudgetStoreUnavailable, DegradeRequired, UnknownModelPrice
 from ..estimate import estimate_text_tokens, has_audio_input, max_output_tokens
+from ..ledger import note_for
 from ..model_names import call_model_name, first_name
 from ..pricing import Rates, resolve_rates, unpriced_rates
 from ..records import CallRecord, Outcome
@@ -40,7 +42,7 @@ from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, Plan, Planner
 from .prefixes import InputEstimator
-from .refusals import CallShape, refusal
+from .refusals import CallShape, log_refusal, refusal
 from .user import UserCallbacks
 from .watch import Watch
 
@@ -89,6 +91,9 @@ class Flows:
         self._spooled_probes: set[str] = set()
         self.minimal_nanos = 1  # the minimal call's price (status.py), lowered by Engine.note_model
         self.watch: Watch | None = None  # telemetry and alerts, when a guard has them (engine/watch.py)
+        #: the limits as the store keeps them for operators (definitions.py), written once
+        self.definitions = definitions_of(lim for _, lim in planner.templates)
+        self.defined = not self.definitions
 
     @property
     def tag(self) -> str:
@@ -167,14 +172,10 @@ class Flows:
 
     def _refused(self, p: Pending, exc: BudgetExceeded) -> None:
         """A refusal, made visible: logged once at INFO, told to ``on_record`` and the watchers."""
-        degrade = isinstance(exc, DegradeRequired)
-        model = p.rates.model or exc.model or ""
-        if logger.isEnabledFor(logging.INFO):
-            what = "passes degrade_at; a fallback may serve it" if degrade else "refused"
-            logger.info("budgetguard: %s call %s for %s: %s", model or "a", what, exc.scope, exc.reason())
+        model = log_refusal(p.rates.model, exc)
         if self.watch is not None:
             self.watch.refused(p, exc)
-        if not degrade and self.on_record is not None:
+        if not isinstance(exc, DegradeRequired) and self.on_record is not None:
             self._emit(p, TokenUsage(), 0, "refused", model, why=exc.reason())
 
     def _fit(self, begun: Begun, refused: ReserveResult) -> Flow[ReserveResult | None]:
@@ -233,7 +234,16 @@ class Flows:
                 raise
             yield from ops.spool_append(encode_reserve(req))  # fail open: the call goes ahead, on the record
             return None
+        if not self.defined:
+            yield from self.define()
         return result
+
+    def define(self) -> Flow[None]:
+        """Record the limit definitions in the store, once: after the first reserve it answered,
+        so constructors do no I/O and later calls make no extra round trip."""
+        self.defined = True  # (set first: concurrent calls need not all write them)
+        if not (yield from ops.define(self.definitions)):
+            self.defined = False  # the store could not take them now: tried again after a later reserve
 
     # ------------------------------------------------------------ during a stream
 
@@ -319,7 +329,10 @@ class Flows:
             except LookupError:
                 _warn_unpriced(served, rates.model)
         actual = Amount() if usage.cache_hit else Amount(rates.nanos(usage), usage.total_tokens, 1)
-        req = SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=not p.probe)
+        note = note_for(
+            rates.model, p.provider, usage, p.run_id, zip((r.scope for r in p.refs), p.labels, strict=False)
+        )
+        req = SettleRequest(p.lease_id, p.refs, actual, usage.estimated, not p.probe, note)
         began = time.time()
         outcome = yield from self._settle_or_spool(p, req)
         if not p.probe and actual.exceeds(p.amount):
@@ -335,11 +348,8 @@ class Flows:
         label: Outcome = "cache_hit" if usage.cache_hit else "estimated" if usage.estimated else outcome
         if outcome in ("replay", "late"):
             label = outcome
-        watch = self.watch
-        if watch is not None:
-            watch.settled(p, usage, actual.nanos, label, rates.model, began)
-            if outcome not in ("replay", "spooled") and not usage.cache_hit:
-                yield from watch.check_alerts(p)
+        if self.watch is not None:
+            yield from self.watch.after_settle(p, usage, actual.nanos, label, rates.model, began, outcome)
         return self._emit(p, usage, actual.nanos, label, rates.model)
 
     def _settle_or_spool(self, p: Pending, req: SettleRequest) -> Flow[Outcome]:

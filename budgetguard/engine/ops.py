@@ -11,11 +11,13 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar, Union, cast
 
+from ..definitions import LimitDef
 from ..reservation import CounterRef, CounterState
 from ..stores.base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest
 
 __all__ = [
     "ClaimAlert",
+    "Define",
     "Flow",
     "Op",
     "Release",
@@ -26,6 +28,7 @@ __all__ = [
     "SpoolAppend",
     "Status",
     "claim_alert",
+    "define",
     "release",
     "replay",
     "reserve",
@@ -79,6 +82,14 @@ class ClaimAlert:
 
 
 @dataclass(frozen=True, slots=True)
+class Define:
+    """Record the guard's limit definitions in the store (once per guard, after its first reserve)."""
+
+    operation: ClassVar[str] = "define"  # named in errors
+    defs: tuple[LimitDef, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SpoolAppend:
     """Write one line to the local spool (fsync'ed) before going on."""
 
@@ -90,7 +101,7 @@ class Replay:
     """Replay the spool into the store now, if it holds lines and the store is up."""
 
 
-Op = Union[Reserve, Settle, Release, Status, Reset, ClaimAlert, SpoolAppend, Replay]  # noqa: UP007 - a runtime alias
+Op = Union[Reserve, Settle, Release, Status, Reset, ClaimAlert, Define, SpoolAppend, Replay]  # noqa: UP007
 #: A generator that yields operations and returns ``T``.
 Flow = Generator[Op, object, T]
 
@@ -117,6 +128,11 @@ def reset(scope: str) -> Flow[int]:
 
 def claim_alert(key: str, ttl: float | None) -> Flow[bool]:
     return cast(bool, (yield ClaimAlert(key, ttl)))
+
+
+def define(defs: tuple[LimitDef, ...]) -> Flow[bool]:
+    """True once the store took them; False if it could not now (never raised: see DriverState)."""
+    return cast(bool, (yield Define(defs)))
 
 
 def spool_append(entry: dict[str, Any]) -> Flow[None]:

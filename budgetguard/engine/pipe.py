@@ -16,6 +16,7 @@ from langchain_core.messages import BaseMessage
 
 from ..errors import BudgetExceeded, BudgetStoreUnavailable, ConfigError
 from ..estimate import estimate_text_tokens
+from ..ledger import note_for
 from ..pricing import context_window
 from ..records import CallRecord, Outcome
 from ..reservation import Amount
@@ -57,8 +58,13 @@ class PipeFlows(Flows):
             yield from ops.spool_append(encode_reserve(reserve))  # the call already ran: record it later
             p.spooled = True
             result = ReserveResult(True, ())
+        if not self.defined and not p.spooled:
+            yield from self.define()
+        note = note_for(
+            rates.model, None, usage, None, zip((r.scope for r in plan.refs), plan.labels, strict=False)
+        )
         yield from self._settle_or_spool(
-            p, SettleRequest(p.lease_id, p.refs, actual, usage.estimated, count_overshoot=False)
+            p, SettleRequest(p.lease_id, p.refs, actual, usage.estimated, False, note)
         )
         outcome: Outcome = "estimated" if usage.estimated else "settled"
         if self.watch is not None:
@@ -111,6 +117,8 @@ class PipeFlows(Flows):
             yield from ops.spool_append(encode_reserve(req))
             self._spooled_probes.add(req.lease_id)
             return req.lease_id, plan
+        if not self.defined:
+            yield from self.define()
         if not result.admitted:
             exc = refusal(plan, result.states, result.violation, amount, model)
             p = Pending(req.lease_id, plan.refs, plan.labels, amount, _NO_RATES, None, 0, 0)

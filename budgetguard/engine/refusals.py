@@ -10,6 +10,7 @@ token, exceeds the whole cap) has ``retry_after=None``: waiting cannot help.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -22,7 +23,9 @@ from ..units import format_quantity, format_usd, quantity_of, to_usd
 from ..windows import as_datetime, window_end
 from .plans import Plan
 
-__all__ = ["RETRY_RESERVED", "CallShape", "minimal_amount", "refusal", "states_before"]
+__all__ = ["RETRY_RESERVED", "CallShape", "log_refusal", "minimal_amount", "refusal", "states_before"]
+
+logger = logging.getLogger("budgetguard")
 
 #: Seconds to wait when only reservations in flight stand in the way (they settle or expire).
 RETRY_RESERVED = 1.0
@@ -92,6 +95,15 @@ def refusal(
         retry_after=None if never else _retry_after(spec.ref.per, st, q, cap, requested, now),
         fix=_fix(shape, never) if shape and q != "requests" else None,
     )
+
+
+def log_refusal(model: str | None, exc: BudgetExceeded) -> str:
+    """Log a refusal once at INFO on the ``budgetguard`` logger, with its scope and reason; the model."""
+    model = model or exc.model or ""
+    if logger.isEnabledFor(logging.INFO):
+        what = "passes degrade_at; a fallback may serve it" if isinstance(exc, DegradeRequired) else "refused"
+        logger.info("budgetguard: %s call %s for %s: %s", model or "a", what, exc.scope, exc.reason())
+    return model
 
 
 def _limit_behind(plan: Plan, index: int, q: str, hard: int) -> Limit:

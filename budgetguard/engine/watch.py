@@ -69,6 +69,15 @@ class Watch:
             t.settled(usage, nanos, outcome, model, p.provider)
             t.latency("settle", time.time() - began, model, p.provider)
 
+    def after_settle(
+        self, p: Pending, usage: TokenUsage, nanos: int, label: str, model: str, began: float, stored: str
+    ) -> Flow[None]:
+        """A settle, told to telemetry; then the alerts its counters reached (not for a replay or
+        a spooled settle, which the store has not applied now, nor for a cache hit, which costs nothing)."""
+        self.settled(p, usage, nanos, label, model, began)
+        if stored not in ("replay", "spooled") and not usage.cache_hit:
+            yield from self.check_alerts(p)
+
     def check_alerts(self, p: Pending) -> Flow[None]:
         """After a settle: read the call's counters, claim the thresholds they reached, fire the claimed."""
         alerts = self.alerts

@@ -11,6 +11,9 @@ import abc
 from collections.abc import Sequence
 from typing import ClassVar, Literal, NamedTuple
 
+from ..definitions import LimitDef
+from ..errors import ConfigError
+from ..ledger import LedgerNote, LedgerRecord
 from ..reservation import Amount, CounterRef, CounterSpec, CounterState, Violation
 
 __all__ = [
@@ -59,6 +62,8 @@ class SettleRequest(NamedTuple):
     estimated: bool = False
     #: False when the reservation was only a probe (pipe form): no overshoot to report.
     count_overshoot: bool = True
+    #: model, provider, tokens by kind and run id, for the ledger record this settle writes
+    note: LedgerNote | None = None
 
 
 class Store(abc.ABC):
@@ -122,6 +127,26 @@ class Store(abc.ABC):
 
     async def areset(self, scope: str) -> int:
         return self.reset(scope)
+
+    # ------------------------------------------------------------ operators' reads (the CLI)
+
+    def define_limits(self, defs: Sequence[LimitDef]) -> None:  # noqa: B027 - optional
+        """Record a guard's limit definitions (idempotent), so operators' tools know every cap."""
+
+    async def adefine_limits(self, defs: Sequence[LimitDef]) -> None:
+        self.define_limits(defs)
+
+    def limit_definitions(self) -> list[LimitDef]:
+        """Every limit definition guards recorded here, the most recently written first."""
+        return []
+
+    def ledger_records(self, since: float | None = None, until: float | None = None) -> list[LedgerRecord]:
+        """The ledger's records with ``since <= time < until`` (epoch seconds), oldest first."""
+        return []
+
+    def scopes(self) -> list[tuple[str, str]]:
+        """Every (scope key, period) that holds a counter."""
+        raise ConfigError(f"{type(self).__name__} cannot list its scopes")
 
     def ping(self) -> float:
         """One round trip to the store, for health checks; the seconds it took.

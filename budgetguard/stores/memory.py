@@ -11,11 +11,13 @@ import heapq
 import math
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from ..definitions import LimitDef
 from ..errors import ConfigError
+from ..ledger import DEFAULT_MAXLEN, Charge, LedgerNote, LedgerRecord, charges_between
 from ..reservation import (
     Amount,
     CounterRef,
@@ -55,6 +57,9 @@ class MemoryStore(Store):
     released) lease ids for that long too, at most the newest ``settled_cap``
     per root scope: a replayed or late settle is never counted twice within
     those bounds, and memory never grows with the number of calls.
+
+    The ledger (``budgetguard.ledger``) is a ring of the newest ``ledger_cap``
+    records (0: none kept).
     """
 
     blocking = False
@@ -65,9 +70,12 @@ class MemoryStore(Store):
         clock: Callable[[], float] = time.time,
         tombstone_ttl: float = 86400,
         settled_cap: int = 10_000,
+        ledger_cap: int = DEFAULT_MAXLEN,
     ) -> None:
         if isinstance(settled_cap, bool) or not isinstance(settled_cap, int) or settled_cap < 1:
             raise ConfigError(f"settled_cap must be a positive number of lease ids, got {settled_cap!r}")
+        if isinstance(ledger_cap, bool) or not isinstance(ledger_cap, int) or ledger_cap < 0:
+            raise ConfigError(f"ledger_cap must be a number of records (0: no ledger), got {ledger_cap!r}")
         self._clock = clock
         self._tombstone_ttl = tombstone_ttl
         self._settled_cap = settled_cap
@@ -81,6 +89,8 @@ class MemoryStore(Store):
         self._gc_heap: list[tuple[float, int, str, object]] = []
         self._gc_seq = 0
         self._alerts: dict[str, float] = {}  # claimed alert key -> when the claim lapses (inf: never)
+        self._ledger: deque[LedgerRecord] | None = deque(maxlen=ledger_cap) if ledger_cap else None
+        self._defs: dict[LimitDef, float] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(counters={len(self._counters)}, leases={len(self._leases)})"
@@ -165,6 +175,37 @@ class MemoryStore(Store):
         self._gc_seq += 1
         heapq.heappush(self._gc_heap, (when, self._gc_seq, kind, item))
 
+    def _record(
+        self,
+        outcome: str,
+        lease_id: str,
+        keys: Sequence[_Key],
+        befores: Sequence[Amount],
+        now: float,
+        cost: Amount,
+        estimated: bool = False,
+        note: LedgerNote | None = None,
+    ) -> None:
+        """Append a ledger record: what this change added to each counter's spent."""
+        if self._ledger is None:
+            return
+        charges = []
+        for key, before in zip(keys, befores, strict=True):
+            st = self._counters.get(key)
+            after = st.spent if st is not None else Amount()
+            charges.append(Charge(key[0], key[1], key[2], after - before))
+        rec = LedgerRecord(
+            int(now * 1_000_000), outcome, lease_id, estimated, cost, tuple(charges), note or LedgerNote()
+        )
+        self._ledger.append(rec)
+
+    def _spent(self, keys: Sequence[_Key]) -> list[Amount]:
+        out = []
+        for key in keys:
+            st = self._counters.get(key)
+            out.append(st.spent if st is not None else Amount())
+        return out
+
     def _sweep(self, now: float) -> None:
         heap = self._lease_heap
         while heap and heap[0][0] <= now:
@@ -173,8 +214,10 @@ class MemoryStore(Store):
             if lease is None or lease.expires_at > now:
                 continue
             del self._leases[lease_id]
+            befores = self._spent(lease.keys)
             for key, ea in zip(lease.keys, lease.expire_after, strict=True):
                 apply_expire(self._state(key, now, ea), lease.amount)  # even after a reset
+            self._record("expired", lease_id, lease.keys, befores, now, lease.amount, True)
             self._expired[lease_id] = (lease, now)
             self._later(now + self._tombstone_ttl, "expired", lease_id)
         gc = self._gc_heap
@@ -228,15 +271,19 @@ class MemoryStore(Store):
             if lease is not None or expired is not None:
                 old = lease or expired[0]  # type: ignore[index]
                 reserved, charged = (old.amount, None) if lease is not None else (None, old.amount)
+                keys, befores = old.keys, self._spent(old.keys)
                 for key, ea in zip(old.keys, old.expire_after, strict=True):
                     st = self._state(key, now, ea)
                     apply_settle(st, reserved, charged, req.actual, req.estimated, req.count_overshoot)
                 outcome = "settled" if lease is not None else "late"
             else:
-                for ref in req.counters:
-                    st = self._state(self._key(ref, now), now, ref.expire_after)
+                keys = tuple([self._key(ref, now) for ref in req.counters])
+                befores = self._spent(keys)
+                for ref, key in zip(req.counters, keys, strict=True):
+                    st = self._state(key, now, ref.expire_after)
                     apply_settle(st, None, None, req.actual, req.estimated)
                 outcome = "unreserved"
+            self._record(outcome, req.lease_id, keys, befores, now, req.actual, req.estimated, req.note)
             self._close(root, req.lease_id, now)
             return outcome
 
@@ -253,8 +300,10 @@ class MemoryStore(Store):
             self._close(root, lease_id, now)
             if expired is not None:
                 old = expired[0]  # charged at expiry, but the call never ran: refund
+                befores = self._spent(old.keys)
                 for key, ea in zip(old.keys, old.expire_after, strict=True):
                     apply_settle(self._state(key, now, ea), None, old.amount, Amount(), False, False)
+                self._record("refunded", lease_id, old.keys, befores, now, Amount())
             elif lease is not None:
                 for key, ea in zip(lease.keys, lease.expire_after, strict=True):
                     if key in self._counters:
@@ -275,9 +324,12 @@ class MemoryStore(Store):
     def reset(self, scope: str) -> int:
         with self._lock:
             doomed = [k for k in self._counters if k[0] == scope]
+            befores = self._spent(doomed)
             for k in doomed:
                 del self._counters[k]
                 self._forget_at.pop(k, None)
+            if doomed:
+                self._record("reset", "", doomed, befores, self._clock(), Amount())
             return len(doomed)
 
     supports_alerts = True
@@ -292,6 +344,29 @@ class MemoryStore(Store):
             if ttl is not None:
                 self._later(now + ttl, "alert", key)
             return True
+
+    # ---------------------------------------------------------------- operators' reads
+
+    def define_limits(self, defs: Sequence[LimitDef]) -> None:
+        with self._lock:
+            now = self._clock()
+            for d in defs:
+                self._defs.pop(d, None)
+                self._defs[d] = now
+
+    def limit_definitions(self) -> list[LimitDef]:
+        """Newest first (a definition written again moves to the front)."""
+        with self._lock:
+            return sorted(self._defs, key=lambda d: -self._defs[d])
+
+    def ledger_records(self, since: float | None = None, until: float | None = None) -> list[LedgerRecord]:
+        with self._lock:
+            return list(charges_between(list(self._ledger or ()), since, until))
+
+    def scopes(self) -> list[tuple[str, str]]:
+        with self._lock:
+            self._sweep(self._clock())
+            return sorted({(k[0], k[1]) for k in self._counters})
 
     def active_leases(self) -> int:
         """How many reservations are open (for tests and soak checks)."""

@@ -19,6 +19,13 @@ EXPECT = {
     "per_user_quota.py": ["alice: ok", "alice: refused (user:alice", "bob: ok", "user:carol"],
     "degrade.py": ["refused: Budget exceeded", "gpt-4o-mini", "provider calls: gpt-4o"],
     "structured_output.py": ["name='Ada' age=36", "recorded:"],
+    "fastapi_tenants.py": ["as alice: 200", "as alice: 429", "Retry-After", "without x-org-id: 400"],
+    "agent_budget.py": [
+        "final answer: I have to stop here: this run's budget is exhausted (run:",
+        "ended by the budget: True",
+        "final answer: Best answer from what I found.",
+        "wrapped up: True, ended by the budget: False",
+    ],
     "alert_webhook.py": ["webhook got: user:alice passed 50% of its day usd budget", "refused (user:alice)"],
 }
 

@@ -146,7 +146,9 @@ def test_redis_forgets_the_counter_its_scope_entry_and_its_root(redis_server: Re
     env.wait(1.3)
     assert store.scopes() == [("org:o", "lifetime")]  # only the live ones
     left = sorted(k.decode() for k in client.scan_iter(match=f"{store.prefix}{{run:r1}}:*"))
-    assert [k for k in left if not k.endswith(":d")] == [], left  # (closed ids: bounded, with a TTL)
+    # closed ids and the ledger: bounded, with a TTL
+    assert [k for k in left if not k.endswith((":d", ":ledger"))] == [], left
+    assert all(client.pttl(k) > 0 for k in left if k.endswith(":ledger"))
     # the roots entry lapses after SLACK more, and goes with the next root written
     from budgetguard.stores.redis.roots import SLACK
 

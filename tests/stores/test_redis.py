@@ -695,7 +695,8 @@ def test_scopes_reset_and_the_key_schema(redis_server: RedisServer) -> None:
     keys = sorted(k.decode() for k in redis_server.client().keys(prefix + "*"))
     assert keys and all(k.startswith(prefix) for k in keys)
     tails = [k[len(prefix) :] for k in keys]
-    assert all(t == "rootz" or t.startswith(("{org:acme}:", "{org:beta}:")) for t in tails), tails
+    listings = ("rootz", "ledgerz", "limits")  # roots, ledger streams, limit definitions
+    assert all(t in listings or t.startswith(("{org:acme}:", "{org:beta}:")) for t in tails), tails
     assert "{org:acme}:c:lifetime:0:org:acme" in tails
     assert any(t.startswith("{org:acme}:c:day:") and t.endswith(":org:acme/user:u2") for t in tails)
     for root in ("org:acme", "org:beta"):  # one hash slot per root

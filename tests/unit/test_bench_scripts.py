@@ -54,3 +54,10 @@ def test_peers_prints_its_table() -> None:
         "LiteLLM BudgetManager",
     ):
         assert row in out
+
+
+@pytest.mark.redis
+def test_ledger_overhead_prints_both_variants() -> None:
+    out = run_script("ledger_overhead.py", "--rounds", "2", "--pairs", "20")
+    assert "client time per pair" in out and "server us per script" in out
+    assert "ledger on" in out and "off" in out and "ratio" in out

@@ -153,7 +153,7 @@ def test_bad_counter_raises_naming_the_choices(bad: Any) -> None:
 def test_missing_bpe_openai_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "bpe_openai", None)
     for name in ("o200k", "cl100k", "auto"):
-        with pytest.raises(ConfigError, match=r"pip install 'budgetguard\[tokenizers\]'"):
+        with pytest.raises(ConfigError, match=r"pip install 'langchain-budgetguard\[tokenizers\]'"):
             BudgetGuard(limit_usd=1, token_counter=name)
 
 

@@ -15,12 +15,14 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from ...errors import ConfigError
+from ...ledger import LedgerNote, LedgerRecord, charges_from_json
 from ...reservation import QUANTITIES, Amount, Caps, CounterRef, CounterSpec, CounterState, Violation
 from ..base import ReserveRequest, ReserveResult, SettleRequest
 
 __all__ = [
     "FIELDS",
     "WIDTH",
+    "decode_record",
     "decode_reserve",
     "decode_state",
     "decode_states",
@@ -86,13 +88,20 @@ def _caps(caps: Caps | None) -> list[str]:
 
 
 def reserve_tail(
-    counters: Sequence[CounterSpec], index: Sequence[int], tombstone_ttl: int, grace: int
+    counters: Sequence[CounterSpec],
+    index: Sequence[int],
+    tombstone_ttl: int,
+    grace: int,
+    ledger: Sequence[int] = (),
 ) -> list[bytes]:
-    """The reserve arguments that depend only on the counters (the store caches them)."""
+    """The reserve arguments that depend only on the counters (the store caches them).
+
+    ``ledger`` is the ledger's retention (maxlen, age in ms), last: the sweep writes records too.
+    """
     tail: list[Any] = [tombstone_ttl, grace]
     for spec, i in zip(counters, index, strict=True):
         tail += [i, spec.ref.scope, spec.ref.per, expire_ms(spec.ref), *_caps(spec.caps), *_caps(spec.soft)]
-    return [str(v).encode() for v in tail]
+    return [str(v).encode() for v in (*tail, *ledger)]
 
 
 def reserve_head(req: ReserveRequest, now: str) -> list[Any]:
@@ -109,20 +118,33 @@ def settle_args(
     tombstone_ttl: int,
     grace: int,
     settled_cap: int,
+    ledger: Sequence[int] = (),
 ) -> list[Any]:
-    """The settle script's arguments (``mode`` 'release' drops the lease instead)."""
+    """The settle script's arguments (``mode`` 'release' drops the lease instead).
+
+    Last, the ledger's: its retention (maxlen, age in ms) and the record's note (JSON); none
+    (no record written) when ``ledger`` is empty.
+    """
     a = req.actual
     args: list[Any] = [now, req.lease_id, a.nanos, a.tokens, a.requests]
     args += ["1" if req.estimated else "0", "1" if req.count_overshoot else "0"]
     args += [tombstone_ttl, grace, mode, len(req.counters), settled_cap]
-    return args + _refs(req.counters, index)
+    args += _refs(req.counters, index)
+    if ledger:
+        args += [*ledger, "" if req.note is None else req.note.to_json()]
+    return args
 
 
 def status_args(
-    refs: Sequence[CounterRef], index: Sequence[int], now: str, tombstone_ttl: int, grace: int
+    refs: Sequence[CounterRef],
+    index: Sequence[int],
+    now: str,
+    tombstone_ttl: int,
+    grace: int,
+    ledger: Sequence[int] = (),
 ) -> list[Any]:
-    """The status script's arguments."""
-    return [now, tombstone_ttl, grace, len(refs), *_refs(refs, index)]
+    """The status script's arguments (the ledger's retention last, for the sweep)."""
+    return [now, tombstone_ttl, grace, len(refs), *_refs(refs, index), *ledger]
 
 
 def _refs(refs: Sequence[CounterRef], index: Sequence[int]) -> list[Any]:
@@ -157,6 +179,22 @@ def decode_reserve(reply: Sequence[Any]) -> ReserveResult:
     admitted, vi, vq, soft = (int(x) for x in reply[:4])
     violation = Violation(vi - 1, QUANTITIES[vq - 1], bool(soft)) if vi else None
     return ReserveResult(bool(admitted), decode_states(reply, 4), violation)
+
+
+def decode_record(entry_id: Any, fields: Any) -> LedgerRecord:
+    """One ledger stream entry (``ledger.lua``'s ledger_add) as a record."""
+    f = {decode_text(k): v for k, v in dict(fields).items()}
+    n, t, r = (int(x) for x in decode_text(f.get("a", "0 0 0")).split())
+    return LedgerRecord(
+        time_us=int(f.get("t", 0)),
+        outcome=decode_text(f.get("o", "")),
+        lease_id=decode_text(f.get("l", "")),
+        estimated=decode_text(f.get("e", "0")) == "1",
+        cost=Amount(n, t, r),
+        charges=charges_from_json(decode_text(f.get("c", "[]"))),
+        note=LedgerNote.from_json(decode_text(f.get("m", ""))),
+        id=decode_text(entry_id),
+    )
 
 
 def decode_text(v: Any) -> str:

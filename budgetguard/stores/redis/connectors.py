@@ -216,14 +216,52 @@ def credentials(parts: SplitResult) -> dict[str, Any]:
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
+def _flag(name: str, text: str) -> bool:
+    if text.lower() not in _TRUE + _FALSE:
+        raise ConfigError(f"{name} in the URL must be true or false, got {text!r}")
+    return text.lower() in _TRUE
+
+
+def _count(name: str, text: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(f"{name} in the URL must be a whole number, got {text!r}")
+    return int(text)
+
+
+def _seconds(name: str, text: str) -> float | None:
+    if text.lower() in ("", "none"):
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v > 0 or v != v or v == float("inf"):
+        raise ConfigError(f"{name} in the URL must be a positive number of seconds or 'none', got {text!r}")
+    return v
+
+
+def _prefix(name: str, text: str) -> str:
+    if not text:
+        raise ConfigError(f"{name} in the URL must not be empty")
+    return text
+
+
+#: The store's own URL options and how each is read; redis-py never sees them.
+_OPTIONS: dict[str, Any] = {
+    "allow_eviction": _flag,
+    "ledger_maxlen": _count,
+    "ledger_age": _seconds,
+    "prefix": _prefix,
+}
+
+
 def store_options(url: str) -> tuple[str, dict[str, Any]]:
-    """The store's own URL options (``?allow_eviction=true``), taken out before redis-py reads the URL."""
+    """The store's own URL options (``?allow_eviction=true``, ``?ledger_maxlen=N``, ``?ledger_age=S``,
+    ``?prefix=myapp:``), taken out before redis-py reads the URL."""
     parts = urlsplit(url)
-    if "allow_eviction" not in parts.query:
+    if not any(name in parts.query for name in _OPTIONS):
         return url, {}
     pairs = parse_qsl(parts.query, keep_blank_values=True)
-    values = [v.lower() for k, v in pairs if k == "allow_eviction"]
-    if not values or values[-1] not in _TRUE + _FALSE:
-        raise ConfigError(f"allow_eviction in the URL must be true or false, got {values[-1:]}")
-    rest = urlencode([(k, v) for k, v in pairs if k != "allow_eviction"])
-    return urlunsplit(parts._replace(query=rest)), {"allow_eviction": values[-1] in _TRUE}
+    options = {k: _OPTIONS[k](k, v) for k, v in pairs if k in _OPTIONS}
+    rest = urlencode([(k, v) for k, v in pairs if k not in _OPTIONS])
+    return urlunsplit(parts._replace(query=rest)), options

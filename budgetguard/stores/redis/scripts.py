@@ -12,7 +12,7 @@ from .codec import FIELDS
 
 __all__ = ["NAMES", "SOURCES", "fields_line", "source"]
 
-NAMES = ("reserve", "settle", "status", "reset")
+NAMES = ("reserve", "settle", "status", "reset", "define")
 
 
 def fields_line() -> str:

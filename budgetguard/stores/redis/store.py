@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,19 +11,24 @@ from urllib.parse import urlsplit
 
 from tenacity import AsyncRetrying, Retrying
 
+from ...definitions import LimitDef, decode_def, encode_def
 from ...errors import ConfigError
+from ...ledger import DEFAULT_AGE, DEFAULT_MAXLEN, LedgerRecord
 from ...reservation import Amount, CounterRef, CounterSpec, CounterState
 from .. import registry
 from ..base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
-from . import codec
+from . import alerts, codec
 from .calls import FAILURES, mapped
 from .clients import describe, is_cluster, spool_key, sync_twin
 from .connectors import RedisConnector, Target, store_options
+from .ledger import LedgerRoots, read_all
 from .policy import refuse_eviction
 from .roots import Roots
 from .scripts import SOURCES
 
 __all__ = ["RedisStore"]
+
+logger = logging.getLogger("budgetguard")
 
 _REDIS = [c for c in registry.CONNECTORS if issubclass(c, RedisConnector)]
 
@@ -45,6 +50,11 @@ class RedisStore(Store):
     Closed lease ids (what makes a replayed settle or release a no-op) are
     kept per root scope: the newest ``settled_cap`` of them, for at most
     ``tombstone_ttl`` seconds. A replay older than either may count twice.
+
+    The ledger (``budgetguard.ledger``): one stream per root scope, kept to
+    about ``ledger_maxlen`` records and ``ledger_age`` seconds (``None``: no
+    age bound); ``ledger_maxlen=0`` keeps none. Both can be set in the URL:
+    ``?ledger_maxlen=100000&ledger_age=7776000``.
     """
 
     blocking = True
@@ -65,8 +75,11 @@ class RedisStore(Store):
         cluster: bool | None = None,
         label: str | None = None,
         allow_eviction: bool = False,
+        ledger_maxlen: int = DEFAULT_MAXLEN,
+        ledger_age: float | None = DEFAULT_AGE,
     ) -> None:
         _check(client, async_client, prefix, timeout, attempts)
+        _check_ledger(ledger_maxlen, ledger_age)
         if isinstance(settled_cap, bool) or not isinstance(settled_cap, int) or settled_cap < 1:
             raise ConfigError(f"settled_cap must be a positive number of lease ids, got {settled_cap!r}")
         if client is None:
@@ -91,6 +104,10 @@ class RedisStore(Store):
         self._roots = Roots(prefix)
         self.spool_key = spool_key(client if client is not None else async_client, prefix, self.label)
         self._tails: dict[tuple[CounterSpec, ...], tuple[list[str], list[bytes]]] = {}
+        self.ledger_maxlen = int(ledger_maxlen)
+        self.ledger_age = None if ledger_age is None else float(ledger_age)
+        self._ledger = (self.ledger_maxlen, 0 if ledger_age is None else max(int(ledger_age * 1000), 1))
+        self._ledger_roots = LedgerRoots(prefix, self.ledger_age)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.label}, prefix={self.prefix!r})"  # never the URL: it may hold a password
@@ -188,7 +205,8 @@ class RedisStore(Store):
         cached = self._tails.get(req.counters)  # the per-counter part, encoded once
         if cached is None:
             bases, index = self._bases([s.ref.scope for s in req.counters])
-            cached = (bases, codec.reserve_tail(req.counters, index, self.tombstone_ttl, self.grace))
+            tail = codec.reserve_tail(req.counters, index, self.tombstone_ttl, self.grace, self._ledger)
+            cached = (bases, tail)
             if len(self._tails) > 10_000:
                 self._tails.clear()
             self._tails[req.counters] = cached
@@ -198,7 +216,7 @@ class RedisStore(Store):
     def _settle_args(self, req: SettleRequest, mode: codec.SettleMode) -> tuple[list[str], list[Any]]:
         bases, index = self._bases([r.scope for r in req.counters] or ["global"])
         return bases, codec.settle_args(
-            req, mode, index, self._now(), self.tombstone_ttl, self.grace, self.settled_cap
+            req, mode, index, self._now(), self.tombstone_ttl, self.grace, self.settled_cap, self._ledger
         )
 
     def _release_args(self, lease_id: str, counters: tuple[CounterRef, ...]) -> tuple[list[str], list[Any]]:
@@ -206,29 +224,50 @@ class RedisStore(Store):
 
     def _status_args(self, refs: Sequence[CounterRef]) -> tuple[list[str], list[Any]]:
         bases, index = self._bases([r.scope for r in refs])
-        return bases, codec.status_args(refs, index, self._now(), self.tombstone_ttl, self.grace)
+        return bases, codec.status_args(
+            refs, index, self._now(), self.tombstone_ttl, self.grace, self._ledger
+        )
 
     # ------------------------------------------------------------ the roots registry (roots.py)
 
     def _register_roots(self, req: ReserveRequest) -> None:
         due = self._roots.due(req.counters, self._clock())
-        if due and self.client is not None:
+        ledger_due = self._ledger_due(req)
+        if (due or ledger_due) and self.client is not None:
             try:
-                self._roots.write(self.client.pipeline(transaction=False), due, self._clock()).execute()
+                pipe = self.client.pipeline(transaction=False)
+                if due:
+                    self._roots.write(pipe, due, self._clock())
+                if ledger_due:
+                    self._ledger_roots.write(pipe, ledger_due, self._clock())
+                pipe.execute()
             except FAILURES:
                 self._roots.failed(due)  # listing only; retry next time
+                self._ledger_roots.failed(ledger_due)
 
     async def _aregister_roots(self, req: ReserveRequest) -> None:
         if self.async_client is None:
             await asyncio.to_thread(self._register_roots, req)
             return
         due = self._roots.due(req.counters, self._clock())
-        if due:
+        ledger_due = self._ledger_due(req)
+        if due or ledger_due:
             try:
                 pipe = self.async_client.pipeline(transaction=False)
-                await self._roots.write(pipe, due, self._clock()).execute()
+                if due:
+                    self._roots.write(pipe, due, self._clock())
+                if ledger_due:
+                    self._ledger_roots.write(pipe, ledger_due, self._clock())
+                await pipe.execute()
             except FAILURES:
                 self._roots.failed(due)  # listing only; retry next time
+                self._ledger_roots.failed(ledger_due)
+
+    def _ledger_due(self, req: ReserveRequest) -> dict[str, float]:
+        """The roots to list in ``ledgerz`` now (``ledger.py``); none when no ledger is kept."""
+        if not self.ledger_maxlen:
+            return {}
+        return self._ledger_roots.due([s.ref.scope for s in req.counters], self._clock())
 
     # ------------------------------------------------------------ the interface
 
@@ -248,11 +287,18 @@ class RedisStore(Store):
 
     def settle(self, req: SettleRequest) -> SettleOutcome:
         keys, args = self._settle_args(req, "settle")
-        return codec.decode_text(self._call("settle", keys, args))  # type: ignore[return-value]
+        out = codec.decode_text(self._call("settle", keys, args))
+        if self.ledger_maxlen:  # a root it never reserved: rare, and at most once an hour
+            self._ledger_roots.list_now(self.client, [r.scope for r in req.counters], self._clock())
+        return out  # type: ignore[return-value]
 
     async def asettle(self, req: SettleRequest) -> SettleOutcome:
         keys, args = self._settle_args(req, "settle")
-        return codec.decode_text(await self._acall("settle", keys, args))  # type: ignore[return-value]
+        out = codec.decode_text(await self._acall("settle", keys, args))
+        if self.ledger_maxlen:
+            scopes = [r.scope for r in req.counters]
+            await self._ledger_roots.alist_now(self.async_client, self.client, scopes, self._clock())
+        return out  # type: ignore[return-value]
 
     def release(self, lease_id: str, counters: tuple[CounterRef, ...]) -> bool:
         keys, args = self._release_args(lease_id, counters)
@@ -276,56 +322,66 @@ class RedisStore(Store):
 
     def reset(self, scope: str) -> int:
         keys, _ = self._bases([scope])
-        return int(self._call("reset", keys, [self._now(), scope]))
+        return int(self._call("reset", keys, [self._now(), scope, *self._ledger]))
 
     async def areset(self, scope: str) -> int:
         keys, _ = self._bases([scope])
-        return int(await self._acall("reset", keys, [self._now(), scope]))
+        return int(await self._acall("reset", keys, [self._now(), scope, *self._ledger]))
+
+    # ------------------------------------------------------------ operators' reads (ledger.py)
+
+    def _define_args(self, defs: Sequence[LimitDef]) -> tuple[list[str], list[Any]]:
+        return [f"{self.prefix}limits"], [int(self._clock()), *(encode_def(d) for d in defs)]
+
+    def define_limits(self, defs: Sequence[LimitDef]) -> None:
+        keys, args = self._define_args(defs)
+        try:
+            self._call("define", keys, args)
+        except ConfigError as e:  # the CLI loses sight of these caps; enforcement is unaffected
+            logger.warning("budgetguard: could not record the limit definitions in %s: %s", self.label, e)
+
+    async def adefine_limits(self, defs: Sequence[LimitDef]) -> None:
+        keys, args = self._define_args(defs)
+        try:
+            await self._acall("define", keys, args)
+        except ConfigError as e:
+            logger.warning("budgetguard: could not record the limit definitions in %s: %s", self.label, e)
+
+    def limit_definitions(self) -> list[LimitDef]:
+        """Every definition a guard recorded, most recently written first."""
+        c = self._sync_client("limit_definitions()")
+        with mapped(self.label, self.timeout, self.attempts, "limit_definitions"):
+            raw = c.hgetall(f"{self.prefix}limits")
+        seen = sorted(((float(v), codec.decode_text(k)) for k, v in raw.items()), reverse=True)
+        return [d for _, text in seen if (d := decode_def(text)) is not None]
+
+    def ledger_records(self, since: float | None = None, until: float | None = None) -> list[LedgerRecord]:
+        """Every ledger stream's records with ``since <= time < until``, oldest first."""
+        c = self._sync_client("ledger_records()")
+        with mapped(self.label, self.timeout, self.attempts, "ledger"):
+            return read_all(c, [self._ledger_roots.key, self._roots.key], self._clock(), since, until)
+
+    def _sync_client(self, what: str) -> Any:
+        if self.client is None:
+            raise ConfigError(f"{what} needs a sync client; pass client= to RedisStore")
+        return self.client
 
     # ------------------------------------------------------------ alerts
 
     supports_alerts = True
 
-    def _alert_key(self, key: str) -> str:
-        return f"{self.prefix}alert:{key}"
-
     def claim_alert(self, key: str, ttl: float | None) -> bool:
-        """SET NX (with PX when ``ttl``): one claimer in every process, and a retry of a lost
-        reply is told apart by the claimer's own token."""
+        """One claimer in every process (``alerts.py``: SET NX, with PX when ``ttl``)."""
         if self.client is None:
             raise ConfigError("claim_alert() needs a sync client")
-        name, token, px = self._alert_key(key), os.urandom(8).hex(), _px(ttl)
-        c = self.client
-
-        def claim() -> bool:
-            if c.set(name, token, nx=True, px=px):
-                return True
-            return codec.decode_text(c.get(name) or b"") == token  # our own claim, its reply lost
-
-        with mapped(self.label, self.timeout, self.attempts, "claim_alert") as call:
-            try:
-                return bool(c.set(name, token, nx=True, px=px))
-            except FAILURES as e:
-                retrying = Retrying(**call.retry_policy(e))
-            return bool(retrying(claim))
+        name = f"{self.prefix}alert:{key}"
+        return alerts.claim(self.client, name, ttl, self.label, self.timeout, self.attempts)
 
     async def aclaim_alert(self, key: str, ttl: float | None) -> bool:
-        c = self.async_client
-        if c is None:
+        if self.async_client is None:
             return await asyncio.to_thread(self.claim_alert, key, ttl)
-        name, token, px = self._alert_key(key), os.urandom(8).hex(), _px(ttl)
-
-        async def claim() -> bool:
-            if await c.set(name, token, nx=True, px=px):
-                return True
-            return codec.decode_text(await c.get(name) or b"") == token
-
-        with mapped(self.label, self.timeout, self.attempts, "claim_alert") as call:
-            try:
-                return bool(await c.set(name, token, nx=True, px=px))
-            except FAILURES as e:
-                retrying = AsyncRetrying(**call.retry_policy(e))
-            return bool(await retrying(claim))
+        name = f"{self.prefix}alert:{key}"
+        return await alerts.aclaim(self.async_client, name, ttl, self.label, self.timeout, self.attempts)
 
     def scopes(self) -> list[tuple[str, str]]:
         """Every (scope, period) that has held a reservation and is not forgotten yet
@@ -373,11 +429,6 @@ class RedisStore(Store):
             self.client.close()
 
 
-def _px(ttl: float | None) -> int | None:
-    """A claim's expiry in milliseconds (at least 1), or None to keep it."""
-    return None if ttl is None else max(int(ttl * 1000), 1)
-
-
 def _check(client: Any, async_client: Any, prefix: str, timeout: float, attempts: int) -> None:
     """Refuse a store that could never work, before any connection is tried."""
     if client is None and async_client is None:
@@ -388,6 +439,15 @@ def _check(client: Any, async_client: Any, prefix: str, timeout: float, attempts
         raise ConfigError(f"prefix {prefix!r} must not contain braces: the store adds the hash tags itself")
     if not timeout > 0 or attempts < 1:
         raise ConfigError("timeout must be > 0 seconds and attempts >= 1")
+
+
+def _check_ledger(maxlen: Any, age: Any) -> None:
+    if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 0:
+        raise ConfigError(
+            f"ledger_maxlen must be a number of records per root (0: no ledger), got {maxlen!r}"
+        )
+    if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float)) or not age > 0):
+        raise ConfigError(f"ledger_age must be a positive number of seconds or None, got {age!r}")
 
 
 def _register(client: Any) -> dict[str, Any]:

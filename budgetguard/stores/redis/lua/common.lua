@@ -13,6 +13,8 @@
 --                  no-ops; at most settled_cap ids, none older than tombstone_ttl
 --   sz             zset of "<scope>\t<per>" used under this root, by when the counter is
 --                  forgotten (ms; inf for limits without expire_after)
+--   ledger         stream: one entry per change to spent (budgetguard/ledger.py), trimmed to
+--                  about LEDGER_MAXLEN entries and to LEDGER_AGE_MS; expires when idle that long
 --
 -- FIELDS (the hash fields, in the order of every reply) is not declared here: scripts.py
 -- generates its line from budgetguard/stores/redis/codec.py's FIELDS and puts it first.
@@ -259,6 +261,38 @@ local function settle_fields(reserved, charged, actual, estimated, count_oversho
   return at
 end
 
+-- ------------------------------------------------------------------ the ledger (ledger.py)
+
+-- Retention, set by each script from its last two arguments (ledger_config) before it sweeps:
+-- about this many entries per root (0: no ledger), and this age in ms (0: no age bound).
+local LEDGER_MAXLEN, LEDGER_AGE_MS = 0, 0
+local function ledger_config(maxlen, age_ms)
+  LEDGER_MAXLEN, LEDGER_AGE_MS = tonumber(maxlen) or 0, tonumber(age_ms) or 0
+end
+
+-- What a change added to a counter's spent: {per, window start, scope, n, t, r} (text: exact),
+-- from the spent values before (`b`) and the state after (`st`).
+local function charge(list, ck, b, st)
+  local _, per, ws, scope = string.match(ck, '^(.-}:)c:(%a+):(%d+):(.*)$')
+  if not per then return end
+  list[#list + 1] = {per, ws, scope, I(st[1] - b[1]), I(st[2] - b[2]), I(st[3] - b[3])}
+end
+
+-- Append one record to the root's ledger stream, in this script (so atomically with the counters).
+local function ledger_add(base, now, outcome, lease_id, estimated, amount, charges, note)
+  if LEDGER_MAXLEN <= 0 then return end
+  local key = base .. 'ledger'
+  local id = redis.call('XADD', key, 'MAXLEN', '~', I(LEDGER_MAXLEN), '*',
+    't', I(now), 'o', outcome, 'l', lease_id, 'e', estimated and '1' or '0',
+    'a', I(amount[1]) .. ' ' .. I(amount[2]) .. ' ' .. I(amount[3]),
+    'c', cjson.encode(charges), 'm', note or '')
+  if LEDGER_AGE_MS > 0 then  -- by the entry ids' clock (the server's), whatever clock `now` is
+    local ms = tonumber(string.match(id, '^(%d+)'))
+    redis.call('XTRIM', key, 'MINID', I(ms - LEDGER_AGE_MS))
+    redis.call('PEXPIRE', key, I(LEDGER_AGE_MS))
+  end
+end
+
 -- ------------------------------------------------------------------ leases
 
 -- A lease's amount, from its n t r fields.
@@ -315,12 +349,16 @@ local function sweep(base, now_ms, tomb_s, grace)
     local lease = lease_read(lbase, id)
     if lease then
       local amount = amount_of(lease)
+      local charges = {}
       for i, ck in ipairs(lease[4]) do
         local st, before = load(ck, at)
+        local b = {st[1], st[2], st[3]}
         apply_expire(st, amount)
         write(ck, at, before, st)
         touch(ck, grace, now_ms, lease[5][i] or 0)
+        charge(charges, ck, b, st)
       end
+      ledger_add(lbase, now_ms * 1000, 'expired', id, true, amount, charges, '')
       redis.call('HDEL', lbase .. 'L', id)
       redis.call('SET', lbase .. 'x:' .. id, cjson.encode(lease), 'EX', I(tomb_s))
     end

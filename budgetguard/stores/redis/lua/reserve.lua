@@ -3,6 +3,7 @@
 -- ARGV: now_us|'' lease_id ttl_ms force n amount_n amount_t amount_r tomb_s grace
 --       then per counter: base_index scope per expire_after_ms (0 = none)
 --                         cap_n cap_t cap_r soft_n soft_t soft_r ('' = none)
+--       then the ledger's retention: maxlen age_ms (for the leases the sweep charges)
 -- Returns {1} when admitted; {admitted, index, quantity, soft, <1 + #FIELDS values per counter>}
 -- when refused or forced (index 0 = no violation; quantity 1..3 = nanos, tokens, requests).
 local now = now_us(ARGV[1])
@@ -11,6 +12,7 @@ local t = math.floor(now / 1000000)
 local lease_id, ttl_ms, force, n = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1', tonumber(ARGV[5])
 local amount = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}
 local tomb_s, grace = tonumber(ARGV[9]), tonumber(ARGV[10])  -- then the counters, from ARGV[11]
+ledger_config(ARGV[11 + n * 10], ARGV[12 + n * 10])
 for i = 1, #KEYS do sweep(KEYS[i], now_ms, tomb_s, grace) end
 
 local lbase = KEYS[1]

@@ -3,6 +3,7 @@
 -- ARGV: now_us|'' lease_id act_n act_t act_r estimated count_overshoot tomb_s grace mode n cap
 --       then per counter: base_index scope per expire_after_ms (used only for a lease this store
 --       never saw)
+--       then the ledger's: maxlen age_ms note (JSON: model, provider, tokens, run id)
 -- Returns 'settled' | 'late' | 'unreserved' | 'replay' (settle); 'released' | 'none' (release).
 -- Releasing a lease that already expired refunds the estimate it was charged.
 local now = now_us(ARGV[1])
@@ -14,6 +15,9 @@ local estimated, count_over = ARGV[6] == '1', ARGV[7] == '1'
 local tomb_s, grace, mode, n = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11])
 local cap = tonumber(ARGV[12])
 local release = mode == 'release'
+local g = 12 + n * 4
+ledger_config(ARGV[g + 1], ARGV[g + 2])
+local note = ARGV[g + 3] or ''
 for i = 1, #KEYS do sweep(KEYS[i], now_ms, tomb_s, grace) end
 
 local lbase = KEYS[1]
@@ -23,9 +27,14 @@ if closed(lbase, lease_id, now, tomb_s) then
   return 'replay'
 end
 
+local charges = {}  -- what this settle added to each counter's spent, for its ledger record
 local function done(outcome)
   close(lbase, lease_id, now, tomb_s, cap)
-  if release then return 'released' end
+  if release then
+    if outcome == 'late' then ledger_add(lbase, now, 'refunded', lease_id, false, act, charges, note) end
+    return 'released'
+  end
+  ledger_add(lbase, now, outcome, lease_id, estimated, act, charges, note)
   return outcome
 end
 
@@ -41,7 +50,9 @@ if f then
     if release then
       apply_release(st, reserved)
     else
+      local b = {st[1], st[2], st[3]}
       apply_settle(st, reserved, nil, act, estimated, count_over)
+      charge(charges, ck, b, st)
     end
     if not write(ck, at, before, st) and create then ensure(ck) end
     touch(ck, grace, now_ms, f[5][i] or 0)
@@ -68,7 +79,9 @@ if x then
   local at = settle_fields(nil, charged, act, estimated, count_over)
   for i, ck in ipairs(x[4]) do
     local st, before = load(ck, at)
+    local b = {st[1], st[2], st[3]}
     apply_settle(st, nil, charged, act, estimated, count_over)
+    charge(charges, ck, b, st)
     if not write(ck, at, before, st) then ensure(ck) end
     touch(ck, grace, now_ms, x[5][i] or 0)
   end
@@ -84,7 +97,9 @@ for i = 1, n do
   local scope, per = ARGV[o + 2], ARGV[o + 3]
   local ck = counter_key(base, per, window_start(per, t), scope)
   local st, before = load(ck, at)
+  local b = {st[1], st[2], st[3]}
   apply_settle(st, nil, nil, act, estimated, true)
+  charge(charges, ck, b, st)
   write(ck, at, before, st)
   touch(ck, grace, now_ms, tonumber(ARGV[o + 4]), true)
 end

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
 from decimal import Decimal
-from typing import TextIO
+from typing import Any, TextIO
 
-from .errors import BudgetExceeded
-from .guard import BudgetGuard
-from .records import CallRecord
-from .stores import MemoryStore
-from .testing import FakeChatModel
-from .tracking import track_usage
-from .units import format_usd
+from ..errors import BudgetExceeded
+from ..guard import BudgetGuard
+from ..records import CallRecord
+from ..stores import MemoryStore
+from ..testing import FakeChatModel
+from ..tracking import track_usage
+from ..units import format_usd
 
-__all__ = ["main", "demo"]
+__all__ = ["add_commands", "demo"]
 
 
 def demo(out: TextIO | None = None) -> int:
@@ -66,15 +64,6 @@ def demo(out: TextIO | None = None) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="budgetguard", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run the offline demo")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo()
-    return 2  # pragma: no cover
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("demo", help="run the offline demo (no API key, no store)")
+    p.set_defaults(run=lambda args: demo())
