@@ -21,7 +21,13 @@ bytes, fixed-ish output. The workloads:
 - 16 concurrent callers (threads) on one $0.001 budget, the race of
   ``bench/peers.py`` (16 calls fit), with one call per thread and with each
   thread looping until refused, over ``--reps`` repetitions (median, then the
-  lowest as "worst").
+  lowest as "worst"). The one-shot race runs with the default
+  ``contention_wait`` (a call refused only by other calls' reservations in
+  flight waits for them to settle) and, for comparison, with
+  ``contention_wait=0`` (refused at once).
+
+``refused`` counts the ``BudgetExceeded`` raised: a sequential workload ends at
+its first; a looping race thread ends at its own.
 
 No timing is asserted. Run: ``python bench/utilization.py [--reps N]``.
 """
@@ -32,6 +38,7 @@ import argparse
 import os
 import statistics
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
@@ -40,6 +47,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from budgetguard import BudgetExceeded, BudgetGuard, CallRecord, Limit, cost
+from budgetguard.engine.contention import DEFAULT_CONTENTION_WAIT
 from budgetguard.testing import FakeChatModel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -255,6 +263,64 @@ def verdict(goal: str, util: float, physical: float) -> str:
 GOAL_TEXT = {"99": ">= 99%", "95": ">= 95%", "physical": "within 1 pt of physical"}
 
 
+# ------------------------------------------------------------------ the 16-caller race
+
+
+@dataclass
+class Race:
+    admitted: int
+    refused: int
+    spent: Decimal
+    ratio: float
+
+
+def run_race(budget: Decimal, callers: int, once: bool, contention_wait: float) -> Race:
+    """The race of ``bench/peers.py`` (memory store), counting the refusals."""
+    records: list[CallRecord] = []
+    guard = BudgetGuard(limit_usd=budget, contention_wait=contention_wait, on_record=records.append)
+    llm = guard.wrap(peers.fake())
+    refused = [0]
+    lock = threading.Lock()
+
+    def attempt() -> bool:
+        try:
+            llm.invoke(peers.PROMPT)
+        except BudgetExceeded:
+            with lock:
+                refused[0] += 1
+            return False
+        return True
+
+    admitted = peers.race(attempt, callers, once)
+    spent = sum((Decimal(r.spent) for r in guard.remaining().rows if r.quantity == "usd"), Decimal(0))
+    ratio = statistics.median(float(r.reserved_usd / r.cost_usd) for r in records) if records else 0.0
+    return Race(admitted, refused[0], spent, ratio)
+
+
+def print_races(reps: int) -> None:
+    budget, callers = peers.BUDGET, peers.CALLERS
+    n_fit = peers.fits(budget)
+    physical = float(n_fit * peers.call_cost() / budget * 100)
+    wait_s = f"wait {DEFAULT_CONTENTION_WAIT:g} s"
+    for once, wait, mode in (
+        (True, DEFAULT_CONTENTION_WAIT, f"1 call each, {wait_s}"),
+        (True, 0.0, "1 call each, no wait"),
+        (False, DEFAULT_CONTENTION_WAIT, f"looping, {wait_s}"),
+    ):
+        outs = [run_race(budget, callers, once, wait) for _ in range(reps)]
+        by_util = sorted(outs, key=lambda o: o.spent)
+        median, worst = by_util[len(by_util) // 2], by_util[0]
+        ratio = statistics.median(o.ratio for o in outs)
+        name = f"{callers} callers, {mode}, median"
+        for label, o in ((name, median), ("  worst", worst)):
+            u = float(o.spent / budget * 100)
+            goal, met = (GOAL_TEXT["95"], verdict("95", u, physical)) if wait else ("(for comparison)", "-")
+            print(
+                f"{label:<44} {'$' + str(budget):>8} {f'{o.admitted}/{n_fit}':>6} {o.refused:>7} "
+                f"{u:>10.1f}% {physical:>8.1f}% {physical - u:>8.1f} {ratio:>13.2f}x  {goal:<24} {met}"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=7, help="repetitions of the 16-caller race (default 7)")
@@ -263,7 +329,7 @@ def main() -> None:
         ap.error("--reps must be >= 1")
 
     head = (
-        f"{'workload':<44} {'budget':>8} {'calls':>6} {'utilization':>11} {'physical':>9} "
+        f"{'workload':<44} {'budget':>8} {'calls':>6} {'refused':>7} {'utilization':>11} {'physical':>9} "
         f"{'gap pts':>8} {'reserve/actual':>14}  {'goal':<24} verdict"
     )
     print(f"model {MODEL} (FakeChatModel, English-like usage), memory store")
@@ -272,36 +338,19 @@ def main() -> None:
     for w in workloads():
         for budget, f in measure(w):
             print(
-                f"{w.name:<44} {'$' + str(budget):>8} {f.calls:>6} {f.utilization:>10.1f}% "
+                f"{w.name:<44} {'$' + str(budget):>8} {f.calls:>6} {1:>7} {f.utilization:>10.1f}% "
                 f"{f.physical:>8.1f}% {f.physical - f.utilization:>8.1f} {f.ratio:>13.2f}x  "
                 f"{GOAL_TEXT[w.goal]:<24} {verdict(w.goal, f.utilization, f.physical)}"
             )
-
-    # 16 concurrent callers: the race of bench/peers.py, on the memory store
-    budget, callers = peers.BUDGET, peers.CALLERS
-    n_fit = peers.fits(budget)
-    physical = float(n_fit * peers.call_cost() / budget * 100)
-    for once, mode in ((True, "1 call each"), (False, "looping")):
-        outs = [peers.run_budgetguard(budget, callers, once=once) for _ in range(args.reps)]
-        utils = sorted(o.utilization_pct(budget) for o in outs)
-        adm = sorted(o.admitted for o in outs)
-        name = f"{callers} concurrent callers, {mode}, median"
-        ratio = statistics.median(o.ratio for o in outs)
-        shown = (
-            (name, statistics.median(utils), statistics.median(adm)),
-            ("  worst", utils[0], adm[0]),
-        )
-        for label, u, a in shown:
-            print(
-                f"{label:<44} {'$' + str(budget):>8} {f'{a:g}/{n_fit}':>6} {u:>10.1f}% {physical:>8.1f}% "
-                f"{physical - u:>8.1f} {ratio:>13.2f}x  {GOAL_TEXT['95']:<24} {verdict('95', u, physical)}"
-            )
+    print_races(args.reps)  # 16 concurrent callers: the race of bench/peers.py, on the memory store
     print()
     print(
         "utilization: % of the budget spent when refusals began; physical: what a guard knowing each "
         "call's exact\ninput and output could spend on the same calls (capping the last answer); gap: "
         f"physical minus utilization;\nreserve/actual: median reservation over actual cost per admitted "
-        f"call; calls: calls admitted ({args.reps} race repetitions,\nof those that fit)."
+        f"call; calls: calls admitted ({args.reps} race repetitions,\nof those that fit); refused: "
+        "BudgetExceeded raised; wait: contention_wait (0: a call refused by\nreservations in flight is "
+        "refused at once)."
     )
 
 

@@ -15,17 +15,18 @@ from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
 from typing import Any, Literal, TypeVar, overload
 
-from langchain_core.language_models import BaseLanguageModel
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.language_models import BaseChatModel, BaseLanguageModel
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.runnables.base import coerce_to_runnable
 
 from .adapter import compose
-from .adapter.candidates import FALLBACK, LAST_FALLBACK, LAST_RESORT, PRIMARY
+from .adapter.candidates import FALLBACK, FITTED_PRIMARY, LAST_FALLBACK, LAST_RESORT, PRIMARY
 from .adapter.enforce import enforcing
 from .adapter.models import guard_runnable
 from .adapter.modes import Pipe, Wrapped
 from .alerts import AlertCallback
 from .engine import Engine, EngineConfig
+from .engine.contention import DEFAULT_CONTENTION_WAIT
 from .engine.watch import make_watch
 from .errors import BudgetExceeded, ConfigError
 from .estimate import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_MIN_OUTPUT_TOKENS
@@ -70,6 +71,7 @@ class BudgetGuard(Runnable[Any, Any]):
         default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
         fit_max_tokens: bool = True,
         min_output_tokens: int = DEFAULT_MIN_OUTPUT_TOKENS,
+        contention_wait: float = DEFAULT_CONTENTION_WAIT,
         model: str | None = None,
         on_record: Callable[[CallRecord], None] | None = None,
         on_store_error: Literal["closed", "open"] = "closed",
@@ -90,6 +92,7 @@ class BudgetGuard(Runnable[Any, Any]):
             default_max_output_tokens=settings.default_max_output_tokens,
             fit_max_tokens=settings.fit_max_tokens,
             min_output_tokens=settings.min_output_tokens,
+            contention_wait=float(settings.contention_wait),
             on_record=settings.on_record,
             on_store_error=settings.on_store_error,
             token_counter=settings.token_counter,
@@ -152,16 +155,21 @@ class BudgetGuard(Runnable[Any, Any]):
         if not self.fallbacks:
             return guard_runnable(self.engine, runnable, None)
         ppm = None if self.degrade_at is None else round(self.degrade_at * 1_000_000)
-        # Fitting an output cap is the last resort before a refusal: only the chain's last model is fitted.
+        # Fitting an output cap is the last resort before a refusal: every candidate is tried at its
+        # full cap first; then the last fallback is fitted, and the primary, tried again last.
         primary = guard_runnable(self.engine, runnable, ppm, PRIMARY, fit=False)
-        roles = [FALLBACK] * (len(self.fallbacks) - 1) + [FALLBACK if ppm is not None else LAST_FALLBACK]
+        fit_primary = self.engine.flows.fit_max_tokens and isinstance(
+            runnable, (BaseChatModel, RunnableBinding)
+        )
+        again = LAST_RESORT if ppm is not None else FITTED_PRIMARY if fit_primary else None
+        roles = [FALLBACK] * (len(self.fallbacks) - 1) + [FALLBACK if again else LAST_FALLBACK]
         last = len(self.fallbacks) - 1 if ppm is None else -1
         chain = [
             guard_runnable(self.engine, fb, None, r, fit=i == last)
             for i, (fb, r) in enumerate(zip(self.fallbacks, roles, strict=True))
         ]
-        if ppm is not None:
-            chain.append(guard_runnable(self.engine, runnable, None, LAST_RESORT))
+        if again is not None:
+            chain.append(guard_runnable(self.engine, runnable, None, again))
         return primary.with_fallbacks(chain, exceptions_to_handle=(BudgetExceeded,))
 
     def compose_after(self, left: Runnable[Any, Any]) -> Runnable[Any, Any] | None:

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from . import filelocks
+from .engine.contention import DEFAULT_CONTENTION_WAIT
 from .errors import ConfigError
 from .estimate import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_MIN_OUTPUT_TOKENS
 from .limits import Limit
@@ -92,6 +93,8 @@ class GuardSettings(BaseModel):
     default_max_output_tokens: SkipValidation[int] = DEFAULT_MAX_OUTPUT_TOKENS
     fit_max_tokens: SkipValidation[bool] = True
     min_output_tokens: SkipValidation[int] = DEFAULT_MIN_OUTPUT_TOKENS
+    #: seconds a call refused only by other calls' reservations in flight waits for them; 0 disables
+    contention_wait: SkipValidation[float] = DEFAULT_CONTENTION_WAIT
     prices: SkipValidation[Mapping[str, Price] | None] = None
     default_price: SkipValidation[Price | None] = None
     model: SkipValidation[str | None] = None
@@ -159,6 +162,14 @@ class GuardSettings(BaseModel):
     def _fit(cls, v: Any) -> Any:
         if type(v) is not bool:
             raise ConfigError(f"fit_max_tokens must be True or False, got {v!r}")
+        return v
+
+    @_check("contention_wait")
+    def _contention_wait(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 3600:
+            raise ConfigError(
+                f"contention_wait must be a number of seconds from 0 (do not wait) to 3600, got {v!r}"
+            )
         return v
 
     @_check("prices")

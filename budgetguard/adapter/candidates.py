@@ -17,7 +17,16 @@ from uuid import UUID
 
 from ..errors import BudgetExceeded, CandidateRefusal, DegradeRequired
 
-__all__ = ["FALLBACK", "LAST_FALLBACK", "LAST_RESORT", "PRIMARY", "Candidates", "Role", "candidates"]
+__all__ = [
+    "FALLBACK",
+    "FITTED_PRIMARY",
+    "LAST_FALLBACK",
+    "LAST_RESORT",
+    "PRIMARY",
+    "Candidates",
+    "Role",
+    "candidates",
+]
 
 
 class Role(NamedTuple):
@@ -34,6 +43,8 @@ PRIMARY = Role("primary", first=True)
 FALLBACK = Role("fallback")
 LAST_FALLBACK = Role("fallback", last=True)
 LAST_RESORT = Role("primary, ignoring degrade_at", last=True, last_resort=True)
+#: With no degrade_at: the primary again, last, with its output cap fitted (``fit_max_tokens``).
+FITTED_PRIMARY = Role("primary, output cap fitted", last=True, last_resort=True)
 
 #: Chains whose outcome is still open, at most this many (a chain broken off is forgotten in turn).
 _MAX_OPEN = 256

@@ -35,6 +35,7 @@ class _EnforceCallback(BudgetGuardCallback):
             FanOut([m.sync_twin for m in members], release=True),
             AsyncFanOut([m.async_twin for m in members], release=True),
             blocking=any(m.blocking for m in members),
+            waits=any(m.waits for m in members),
         )
 
 

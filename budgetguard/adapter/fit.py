@@ -27,6 +27,7 @@ from langchain_core.language_models import chat_models as _lc
 from langchain_core.load import dumps
 
 from ..estimate import CAP_KEYS
+from .rawusage import adetailed, araw_details, raw_usage_hooks, with_raw_details
 from .traces import aannounce, announce, run_manager_of, take_refusal
 
 __all__ = ["cap_field", "cache_will_answer", "fitting_class"]
@@ -166,6 +167,8 @@ def _generate_hooks(base: type[BaseChatModel]) -> dict[str, Any]:
 
 
 def _hooks(base: type[BaseChatModel], field: str | None) -> dict[str, Any]:
+    raw = bool(raw_usage_hooks(base))  # its stream drops usage details: kept (adapter/rawusage.py)
+
     def _generate(self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
         _reserve_deferred(self, run_manager)
         target = _lowered(self, field, run_manager, kwargs)
@@ -183,14 +186,20 @@ def _hooks(base: type[BaseChatModel], field: str | None) -> dict[str, Any]:
     ) -> Iterator[Any]:
         _reserve_deferred(self, run_manager)
         target = _lowered(self, field, run_manager, kwargs)
-        yield from base._stream(target, messages, stop, run_manager, **kwargs)
+        chunks = base._stream(target, messages, stop, run_manager, **kwargs)
+        yield from with_raw_details(chunks) if raw else chunks
 
     async def _astream(
         self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
         await _areserve_deferred(self, run_manager)
         target = _lowered(self, field, run_manager, kwargs)
-        async for chunk in base._astream(target, messages, stop, run_manager, **kwargs):
+        teed = araw_details(target) if raw else None
+        if teed is None:
+            async for chunk in base._astream(target, messages, stop, run_manager, **kwargs):
+                yield chunk
+            return
+        async for chunk in adetailed(base._astream(teed[0], messages, stop, run_manager, **kwargs), teed[1]):
             yield chunk
 
     hooks = {"_generate": _generate, "_agenerate": _agenerate, "_stream": _stream, "_astream": _astream}
@@ -209,6 +218,7 @@ def fitting_class(base: type[BaseChatModel]) -> type[BaseChatModel]:
         "__doc__": base.__doc__,
         **_generate_hooks(base),
         **_hooks(base, cap_field(base)),
+        **raw_usage_hooks(base),
     }
     made: type[BaseChatModel] = type(base.__name__, (base,), ns)
     _MADE.add(made)

@@ -45,6 +45,9 @@ EVENTS = (
     "on_llm_error",
 )
 
+#: The events that reserve, and so may wait (``contention_wait``).
+START_EVENTS = ("on_chat_model_start", "on_llm_start")
+
 #: Metadata key on a guarded model: the tags of the guards whose handler the model carries.
 GUARDS_KEY = "budgetguard_guards"
 
@@ -261,18 +264,27 @@ class BudgetGuardCallback(BaseCallbackHandler):
     on_llm_error: Any = _Routed()
 
     def __init__(
-        self, sync_twin: SyncTwin | FanOut, async_twin: AsyncTwin | AsyncFanOut, *, blocking: bool
+        self,
+        sync_twin: SyncTwin | FanOut,
+        async_twin: AsyncTwin | AsyncFanOut,
+        *,
+        blocking: bool,
+        waits: bool = False,
     ) -> None:
         self.sync_twin = sync_twin
         self.async_twin = async_twin
         self.blocking = blocking
+        self.waits = waits
         # Inline on the async path too: the async twin then runs in the caller's own task,
         # which is what a cancelled call is registered with (``engine.pending``).
         self.run_inline = not blocking or detection_available()
         if not blocking:
-            # Plain instance attributes shadow the routing: no look-up logic per event.
+            # Plain instance attributes shadow the routing: no look-up logic per event. A start
+            # that may wait out contention stays routed: on the async path it must await, not block.
+            routed = START_EVENTS if waits and detection_available() else ()
             for name in EVENTS:
-                setattr(self, name, getattr(sync_twin, name))
+                if name not in routed:
+                    setattr(self, name, getattr(sync_twin, name))
 
     def fitted_cap(self, run_id: UUID | None) -> int | None:
         """The output cap this handler's call ``run_id`` was fitted to (``adapter/fit.py`` sends it)."""
@@ -316,4 +328,7 @@ def guard_callback(
     ``late``: the model is a ``fitting_class`` one, which raises the handler's held refusals itself.
     """
     state = (engine, hint or ModelHint(), dict(metadata or {}), object(), role, late)
-    return BudgetGuardCallback(SyncTwin(*state), AsyncTwin(*state), blocking=engine.store.blocking)
+    waits = engine.flows.contention_wait > 0
+    return BudgetGuardCallback(
+        SyncTwin(*state), AsyncTwin(*state), blocking=engine.store.blocking, waits=waits
+    )

@@ -22,11 +22,14 @@ from .candidates import Role
 from .compat import detection_available
 from .fit import cap_field, fitting_class
 from .handler import GUARDS_KEY, BudgetGuardCallback, guard_callback
+from .reach import reach_models
 
 __all__ = ["guard_runnable", "model_hint"]
 
 
-def model_hint(model: BaseLanguageModel[Any], soft_ppm: int | None, fit: bool = False) -> ModelHint:
+def model_hint(
+    model: BaseLanguageModel[Any], soft_ppm: int | None, fit: bool = False, wait: bool = True
+) -> ModelHint:
     """What the model object says of itself, for calls whose parameters do not say."""
     name = configured_model_name(model)
     provider = None
@@ -38,7 +41,8 @@ def model_hint(model: BaseLanguageModel[Any], soft_ppm: int | None, fit: bool = 
     profile_max = profile.get("max_output_tokens") if isinstance(profile, Mapping) else None
     # the model's own cap (ChatOllama's num_predict is sent but not in invocation_params) wins
     profile_max = configured_max_output_tokens(model) or profile_max
-    return ModelHint(name, provider, profile_max if isinstance(profile_max, int) else None, soft_ppm, fit)
+    cap = profile_max if isinstance(profile_max, int) else None
+    return ModelHint(name, provider, cap, soft_ppm, fit, wait)
 
 
 def _with_handler(
@@ -86,11 +90,12 @@ def guard_runnable(
         if inline and isinstance(runnable, BaseChatModel):
             fitting = fitting_class(type(runnable))
         fits = fitting is not None and fit and engine.flows.fit_max_tokens and cap_field(fitting) is not None
-        hint = model_hint(runnable, soft_ppm, fits)
+        # In a fallback chain, only the last candidate waits out contention: the next one is tried instead.
+        hint = model_hint(runnable, soft_ppm, fits, wait=role is None or role.last)
         engine.note_model(hint.model, hint.provider)
         handler = guard_callback(engine, hint, role=role, late=fitting is not None)
         return _with_handler(runnable, handler, engine.tag, fitting)
-    if type(runnable) is RunnableBinding and isinstance(runnable.bound, BaseLanguageModel):
+    if isinstance(runnable, RunnableBinding) and isinstance(runnable.bound, BaseLanguageModel):
         bound = guard_runnable(engine, runnable.bound, soft_ppm, role, fit)
         return runnable.model_copy(update={"bound": bound})
     if soft_ppm is not None:
@@ -98,5 +103,15 @@ def guard_runnable(
             "fallback= and degrade_at= work on a chat model; wrap the model inside your chain, "
             f"not the whole {type(runnable).__name__}"
         )
-    # A chain or agent: inheritable callbacks reach every model call inside it.
+    # A chain or agent: inheritable callbacks reach every model call inside it; the models the
+    # chain is composed of are guarded as models too, so their calls can be fitted (adapter/reach.py).
+    if engine.flows.fit_max_tokens and (not engine.store.blocking or detection_available()):
+        runnable = reach_models(runnable, lambda m: _model_of_chain(engine, m)) or runnable
     return runnable.with_config(callbacks=[guard_callback(engine)])
+
+
+def _model_of_chain(engine: Engine, model: BaseChatModel) -> Runnable[Any, Any] | None:
+    """A chat model inside a chain, guarded; None if this guard already guards it."""
+    if engine.tag in ((model.metadata or {}).get(GUARDS_KEY) or ()):
+        return None
+    return guard_runnable(engine, model, None)

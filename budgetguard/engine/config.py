@@ -9,6 +9,7 @@ from ..estimate import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_MIN_OUTPUT_TOKENS
 from ..pricing import Price
 from ..records import CallRecord
 from ..tokencount import Counter, bytes_counter
+from .contention import DEFAULT_CONTENTION_WAIT
 
 __all__ = ["EngineConfig"]
 
@@ -26,3 +27,5 @@ class EngineConfig:
     min_output_tokens: int = DEFAULT_MIN_OUTPUT_TOKENS  # never fitted below this: refused instead
     on_store_error: str = "closed"  # or "open": let calls through and spool them
     token_counter: Counter = bytes_counter  # the input bound (``tokencount.resolve_counter``)
+    #: seconds a call refused only by other calls' reservations waits for them; 0: not at all
+    contention_wait: float = DEFAULT_CONTENTION_WAIT

@@ -19,7 +19,20 @@ from typing import Any, TypeVar
 from ..errors import BudgetStoreUnavailable
 from ..spool import Spool
 from ..stores.base import Store
-from .ops import ClaimAlert, Define, Flow, Op, Release, Replay, Reserve, Reset, Settle, SpoolAppend, Status
+from .ops import (
+    ClaimAlert,
+    Define,
+    Flow,
+    Op,
+    Release,
+    Replay,
+    Reserve,
+    Reset,
+    Settle,
+    Sleep,
+    SpoolAppend,
+    Status,
+)
 
 __all__ = ["AsyncDriver", "Breaker", "DriverState", "SyncDriver"]
 
@@ -164,6 +177,14 @@ def _calls(store: Store) -> dict[type, Callable[[Any], Any]]:
     }
 
 
+def _sleep(seconds: float) -> bool:
+    """A contention wait on the sync path; never on an event loop's thread, which it would block."""
+    if asyncio._get_running_loop() is not None:
+        return False
+    time.sleep(seconds)
+    return True
+
+
 class SyncDriver:
     """Runs flows with the store's sync methods, in the caller's thread."""
 
@@ -197,6 +218,8 @@ class SyncDriver:
             return state.replay()
         if kind is Define:
             return state.define(lambda: self._store.define_limits(op.defs))  # type: ignore[union-attr]
+        if kind is Sleep:
+            return _sleep(op.seconds)  # type: ignore[union-attr]
         if not state.started:
             state.start()
         breaker, name = state.breaker, op.operation  # type: ignore[union-attr]
@@ -255,6 +278,9 @@ class AsyncDriver:
             return await self._replay()
         if kind is Define:
             return await self._define(op)  # type: ignore[arg-type]
+        if kind is Sleep:
+            await asyncio.sleep(op.seconds)  # type: ignore[union-attr]
+            return True
         if not state.started:
             await asyncio.to_thread(state.start)
         breaker, name = state.breaker, op.operation  # type: ignore[union-attr]

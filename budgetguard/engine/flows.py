@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -37,6 +38,7 @@ from ..units import QUANTITY_NAMES, to_usd
 from ..usage import TokenUsage, audio_unsplit, usage_from_message, usage_from_result
 from . import ops
 from .config import EngineConfig
+from .contention import Contention
 from .fit import affordable_output
 from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
@@ -64,7 +66,7 @@ class Begun(NamedTuple):
     plan: Plan
 
 
-class Flows:
+class Flows(Contention):
     """The guard's configuration, and every flow over it."""
 
     def __init__(
@@ -82,6 +84,7 @@ class Flows:
         self.default_max_output_tokens = config.default_max_output_tokens
         self.fit_max_tokens = config.fit_max_tokens
         self.min_output = config.min_output_tokens
+        self.contention_wait = config.contention_wait
         self.on_record = config.on_record
         self.inputs = InputEstimator(config.token_counter)
         self.fail_open = config.on_store_error == "open"
@@ -141,6 +144,7 @@ class Flows:
         p.audio_in = messages is not None and has_audio_input(messages)
         p.prefix = prefix
         p.fit = hint.fit and self.fit_max_tokens
+        p.wait, p.thread = hint.wait, threading.get_ident()
         p.run_id, p.parent_run_id, p.metadata, p.started = run_id, call.parent_run_id, metadata, time.time()
         if self.watch is not None and self.watch.alerts is not None:
             p.specs = plan.specs
@@ -154,8 +158,8 @@ class Flows:
         req = ReserveRequest(p.lease_id, plan.specs, p.amount, self.lease_ttl)
         try:
             result = yield from self._reserve_or_spool(req, plan.refs)
-            if result is not None and not result.admitted and p.fit:
-                result = yield from self._fit(begun, result)
+            if result is not None and not result.admitted:
+                result = yield from self._refused(begun, result)
         except BaseException:  # a store fault, or the flow closed unfinished: never left pending
             self.pending.discard(run_id, p)
             raise
@@ -163,14 +167,14 @@ class Flows:
             self.pending.discard(run_id, p)
             shape = CallShape(p.input_est, p.output_cap, p.rates)
             exc = refusal(plan, result.states, result.violation, p.amount, p.rates.model, shape)
-            self._refused(p, exc)
+            self._show_refusal(p, exc)
             raise exc
         p.spooled = result is None
         self.pending.reserved(run_id, p)
         if self.watch is not None:
             self.watch.admitted(p)
 
-    def _refused(self, p: Pending, exc: BudgetExceeded) -> None:
+    def _show_refusal(self, p: Pending, exc: BudgetExceeded) -> None:
         """A refusal, made visible: logged once at INFO, told to ``on_record`` and the watchers."""
         model = log_refusal(p.rates.model, exc)
         if self.watch is not None:

@@ -25,6 +25,7 @@ __all__ = [
     "Reserve",
     "Reset",
     "Settle",
+    "Sleep",
     "SpoolAppend",
     "Status",
     "claim_alert",
@@ -34,6 +35,7 @@ __all__ = [
     "reserve",
     "reset",
     "settle",
+    "sleep",
     "spool_append",
     "status",
 ]
@@ -101,7 +103,18 @@ class Replay:
     """Replay the spool into the store now, if it holds lines and the store is up."""
 
 
-Op = Union[Reserve, Settle, Release, Status, Reset, ClaimAlert, Define, SpoolAppend, Replay]  # noqa: UP007
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Pause the call for ``seconds`` (a contention wait), without blocking an event loop.
+
+    The driver sends back True once it paused, False if it cannot pause here
+    (a sync check running on an event loop's thread): the flow then stops waiting.
+    """
+
+    seconds: float
+
+
+Op = Union[Reserve, Settle, Release, Status, Reset, ClaimAlert, Define, SpoolAppend, Replay, Sleep]  # noqa: UP007
 #: A generator that yields operations and returns ``T``.
 Flow = Generator[Op, object, T]
 
@@ -141,3 +154,7 @@ def spool_append(entry: dict[str, Any]) -> Flow[None]:
 
 def replay() -> Flow[None]:
     yield Replay()
+
+
+def sleep(seconds: float) -> Flow[bool]:
+    return cast(bool, (yield Sleep(seconds)))

@@ -64,6 +64,8 @@ class Pending:
     started: float = 0.0  # time.time() at the start event
     deferred: object = None  # unreserved, for the cache to answer: what to reserve if the model is called
     specs: tuple[CounterSpec, ...] = ()  # the counters' caps, for alerts (set only when alerts= is)
+    thread: int = 0  # the thread the call began in (``held_here``)
+    wait: bool = True  # a refusal by contention waits (``contention_wait``); False on a fallback's way
 
 
 def current_task() -> asyncio.Task[object] | None:
@@ -169,6 +171,27 @@ class PendingRuns:
         with self._lock:
             pending.fitted = cap
             self._fits.append(pending)
+
+    def held_here(self, refs: tuple[CounterRef, ...]) -> list[Amount]:
+        """What the calls in flight begun by this asyncio task (else this thread) hold on each counter.
+
+        They cannot settle while it waits (``engine/contention.py``).
+        """
+        task = current_task()
+        ident = threading.get_ident()
+        index = {ref: i for i, ref in enumerate(refs)}
+        held = [Amount()] * len(refs)
+        with self._lock:
+            for calls in self._runs.values():
+                for p in calls:
+                    mine = p.task is task if task is not None else p.task is None and p.thread == ident
+                    if not (p.ready and mine and p.deferred is None):
+                        continue
+                    for ref in p.refs:
+                        i = index.get(ref)
+                        if i is not None:
+                            held[i] = held[i] + p.amount
+        return held
 
     def discard(self, run_id: UUID, pending: Pending) -> bool:
         """Remove this very call; False if an end or error has already taken it."""

@@ -123,7 +123,7 @@ class PipeFlows(Flows):
             exc = refusal(plan, result.states, result.violation, amount, model)
             p = Pending(req.lease_id, plan.refs, plan.labels, amount, _NO_RATES, None, 0, 0)
             p.metadata, p.started = metadata, time.time()
-            self._refused(p, exc)
+            self._show_refusal(p, exc)
             raise exc
         return req.lease_id, plan
 

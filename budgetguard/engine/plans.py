@@ -30,6 +30,7 @@ class ModelHint:
     profile_max: int | None = None
     soft_ppm: int | None = None  # degrade threshold, only on a primary with fallbacks
     fit: bool = False  # the model sends a fitted output cap (wrapped, with a cap field)
+    wait: bool = True  # a refusal by contention waits; False where a fallback is tried next
 
 
 @dataclass(frozen=True, slots=True)

@@ -257,7 +257,8 @@ def test_a_concurrent_spend_between_refusal_and_fit_is_refused_not_overspent(
     from budgetguard.engine import flows
 
     route = ok_openai(mock)
-    guard = BudgetGuard(limit_usd="0.10")
+    # the other worker's reservation never settles here: without a wait, the refusal comes at once
+    guard = BudgetGuard(limit_usd="0.10", contention_wait=0)
     real = flows.affordable_output
 
     def squeeze(*args: Any) -> int | None:

@@ -545,12 +545,13 @@ async def test_asyncio_never_admits_more_than_fits_in_usd() -> None:
     assert row.spent <= Decimal("0.05") and row.reserved == 0
     assert sum(results) == llm_raw.calls.count == len(records)
     # each call's worst case is ~$0.01: four fit, the fifth is sent with its cap fitted to what is left
+    # once they settle (the others wait for them: contention_wait), at their actual $0.01001 each
     assert sum(results) == 5
     assert [r.output_cap_fitted for r in records].count(None) == 4
     (fitted,) = [r for r in records if r.output_cap_fitted is not None]
     assert (
-        fitted.usage.output_tokens == fitted.output_cap_fitted == 980
-    )  # ($0.05 - 4 x $0.01004 - $0.00004) / $10/M
+        fitted.usage.output_tokens == fitted.output_cap_fitted == 992
+    )  # ($0.05 - 4 x $0.01001 - $0.00004) / $10/M
 
 
 # ------------------------------------------------------------------ configuration
