@@ -24,7 +24,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
 from ..definitions import definitions_of
-from ..errors import BudgetExceeded, BudgetStoreUnavailable, DegradeRequired, UnknownModelPrice
+from ..errors import BudgetStoreUnavailable, UnknownModelPrice
 from ..estimate import estimate_text_tokens, has_audio_input, max_output_tokens
 from ..ledger import note_for
 from ..model_names import call_model_name, first_name
@@ -44,7 +44,7 @@ from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, Plan, Planner
 from .prefixes import InputEstimator
-from .refusals import CallShape, log_refusal, refusal
+from .refusals import CallShape, refusal, show_refusal
 from .user import UserCallbacks
 from .watch import Watch
 
@@ -167,20 +167,12 @@ class Flows(Contention):
             self.pending.discard(run_id, p)
             shape = CallShape(p.input_est, p.output_cap, p.rates)
             exc = refusal(plan, result.states, result.violation, p.amount, p.rates.model, shape)
-            self._show_refusal(p, exc)
+            show_refusal(self, p, exc)
             raise exc
         p.spooled = result is None
         self.pending.reserved(run_id, p)
         if self.watch is not None:
             self.watch.admitted(p)
-
-    def _show_refusal(self, p: Pending, exc: BudgetExceeded) -> None:
-        """A refusal, made visible: logged once at INFO, told to ``on_record`` and the watchers."""
-        model = log_refusal(p.rates.model, exc)
-        if self.watch is not None:
-            self.watch.refused(p, exc)
-        if not isinstance(exc, DegradeRequired) and self.on_record is not None:
-            self._emit(p, TokenUsage(), 0, "refused", model, why=exc.reason())
 
     def _fit(self, begun: Begun, refused: ReserveResult) -> Flow[ReserveResult | None]:
         """Reserve again with the output cap lowered to what the budget affords, if that is enough."""

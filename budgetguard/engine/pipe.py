@@ -28,7 +28,7 @@ from .flows import _NO_RATES, _PROBE, Flows
 from .ops import Flow
 from .pending import Pending
 from .plans import Plan
-from .refusals import refusal, states_before
+from .refusals import refusal, show_refusal, states_before
 
 __all__ = ["PipeFlows"]
 
@@ -123,7 +123,7 @@ class PipeFlows(Flows):
             exc = refusal(plan, result.states, result.violation, amount, model)
             p = Pending(req.lease_id, plan.refs, plan.labels, amount, _NO_RATES, None, 0, 0)
             p.metadata, p.started = metadata, time.time()
-            self._show_refusal(p, exc)
+            show_refusal(self, p, exc)
             raise exc
         return req.lease_id, plan
 
