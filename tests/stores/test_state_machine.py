@@ -30,7 +30,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from redis_servers import RedisServer
+from redis_servers import Cluster, RedisServer
 
 from budgetguard.reservation import Amount, Caps, CounterRef, CounterSpec, CounterState
 from budgetguard.stores import MemoryStore
@@ -492,13 +492,34 @@ def redis_base(redis_server: RedisServer) -> Iterator[RedisStore]:
     store.close()
 
 
+@pytest.fixture()
+def cluster_base(redis_cluster: Cluster) -> Iterator[RedisStore]:
+    store = RedisStore.from_url(redis_cluster.url, server_time=False)
+    yield store
+    store.close()
+
+
 def test_memory_and_redis_stores_follow_the_reference_model(redis_base: RedisStore) -> None:
+    run_against_the_model(redis_base, 100)
+
+
+def test_multi_slot_reservations_on_redis_cluster_follow_the_reference_model(
+    cluster_base: RedisStore,
+) -> None:
+    """The same machine on a real Cluster: ``global``, ``user:a`` and ``org:x`` hash to three
+    slots, so a reservation across them is taken slot by slot (``stores/redis/slots.py``)."""
+    assert cluster_base.cluster
+    assert cluster_base._plan([r.scope for r in REFS]) is not None, "the roots share a slot"
+    run_against_the_model(cluster_base, 50)
+
+
+def run_against_the_model(redis_base: RedisStore, examples: int) -> None:
     StoresVsModel.redis_base = redis_base
     StoresVsModel.seen = {}
     run_state_machine_as_test(
         StoresVsModel,
         settings=settings(
-            max_examples=100,
+            max_examples=examples,
             stateful_step_count=40,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -516,9 +537,9 @@ def test_memory_and_redis_stores_follow_the_reference_model(redis_base: RedisSto
         assert seen.get(what), f"no example reached {what!r}: widen the strategies"
 
 
-@pytest.mark.parametrize("kind", ["memory", "redis"])
+@pytest.mark.parametrize("kind", ["memory", "redis", "cluster"])
 def test_status_of_one_counter_charges_an_expired_lease_filed_under_another_root(
-    redis_base: RedisStore, kind: str
+    request: pytest.FixtureRequest, kind: str
 ) -> None:
     """A lease on ``user:a`` AND ``org:x`` runs out; then only ``org:x`` is read.
 
@@ -532,6 +553,7 @@ def test_status_of_one_counter_charges_an_expired_lease_filed_under_another_root
     if kind == "memory":
         store = MemoryStore(clock=clock)
     else:
+        redis_base = request.getfixturevalue("cluster_base" if kind == "cluster" else "redis_base")
         store = RedisStore(
             redis_base.client,
             redis_base.async_client,

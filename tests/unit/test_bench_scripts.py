@@ -38,7 +38,8 @@ def test_utilization_prints_its_table() -> None:
         "single-turn, no max_tokens",
         "growing conversation",
         "agent loop, per-run budget",
-        "16 concurrent callers",
+        "16 callers, 1 call each, wait 10 s",
+        "16 callers, 1 call each, no wait",
     ):
         assert row in out
 
@@ -61,3 +62,14 @@ def test_ledger_overhead_prints_both_variants() -> None:
     out = run_script("ledger_overhead.py", "--rounds", "2", "--pairs", "20")
     assert "client time per pair" in out and "server us per script" in out
     assert "ledger on" in out and "off" in out and "ratio" in out
+
+
+@pytest.mark.redis
+def test_scaling_prints_its_table() -> None:
+    out = run_script(
+        "scaling.py", "--tenants", "1,50", "--calls", "5", "--rounds", "1", "--memory-tenants", "50"
+    )
+    assert "memory invoke" in out and "redis store" in out
+    for row in ("1 tenants, 1 limit", "50 tenants, 1 limit", "50 tenants, 6 limits"):
+        assert row in out
+    assert "B per tenant" in out and "one more window" in out

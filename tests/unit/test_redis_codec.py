@@ -148,7 +148,15 @@ def test_reply_text_decodes_bytes_or_str() -> None:
 def test_the_scripts_get_their_fields_line_from_the_codec() -> None:
     lua = resources.files("budgetguard.stores.redis") / "lua"
     names = sorted(p.name for p in lua.iterdir() if p.name.endswith(".lua"))
-    assert names == ["common.lua", "define.lua", "reserve.lua", "reset.lua", "settle.lua", "status.lua"]
+    assert names == [
+        "common.lua",
+        "define.lua",
+        "reserve.lua",
+        "reset.lua",
+        "settle.lua",
+        "status.lua",
+        "unreserve.lua",
+    ]
     assert "local FIELDS" not in (lua / "common.lua").read_text(encoding="utf-8")
     line = "local FIELDS = {'sn', 'st', 'sr', 'rn', 'rt', 'rr', 'oc', 'on', 'ot', 'orq', 'ec'}"
     assert scripts.fields_line() == line

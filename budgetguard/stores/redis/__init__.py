@@ -2,7 +2,8 @@
 
 Each operation is ONE Lua script call (EVALSHA; redis-py reloads a script
 after NOSCRIPT), so a reservation against several limits is all-or-nothing
-and no race can overspend. Money is integer nano-dollars (no INCRBYFLOAT).
+and no race can overspend (on Cluster, one script per slot the counters use).
+Money is integer nano-dollars (no INCRBYFLOAT).
 Leases live in Redis with their expiry; expired ones are charged inside the
 scripts. Window boundaries use the server's clock (``TIME``) unless
 ``server_time=False``.
@@ -10,7 +11,8 @@ scripts. Window boundaries use the server's clock (``TIME``) unless
 One concept per module: ``store`` (the ``RedisStore`` operations),
 ``connectors`` (one per topology, with its URL schemes), ``clients`` (what is
 derived from given clients), ``calls`` (retries and error mapping), ``codec``
-(script arguments and replies, pure), ``scripts`` (loading ``lua/*.lua``).
+(script arguments and replies, pure), ``scripts`` (loading ``lua/*.lua``),
+``slots`` (on Cluster, a reservation across slots: one script per slot, in slot order).
 
 ``RedisStore`` is loaded on first use: importing this package (the registry
 does, for the connectors' schemes) imports no redis-py.

@@ -12,7 +12,7 @@ from .codec import FIELDS
 
 __all__ = ["NAMES", "SOURCES", "fields_line", "source"]
 
-NAMES = ("reserve", "settle", "status", "reset", "define")
+NAMES = ("reserve", "settle", "status", "reset", "define", "unreserve")
 
 
 def fields_line() -> str:

@@ -6,13 +6,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from tenacity import AsyncRetrying, Retrying
 
 from ...definitions import LimitDef, decode_def, encode_def
-from ...errors import ConfigError
+from ...errors import BudgetError, ConfigError
 from ...ledger import DEFAULT_AGE, DEFAULT_MAXLEN, LedgerRecord
 from ...reservation import Amount, CounterRef, CounterSpec, CounterState
 from .. import registry
@@ -25,12 +25,14 @@ from .ledger import LedgerRoots, read_all
 from .policy import refuse_eviction
 from .roots import Roots
 from .scripts import SOURCES
+from .slots import Flow, Group, Slotted, groups
 
 __all__ = ["RedisStore"]
 
 logger = logging.getLogger("budgetguard")
 
 _REDIS = [c for c in registry.CONNECTORS if issubclass(c, RedisConnector)]
+T = TypeVar("T")
 
 
 class RedisStore(Store):
@@ -55,6 +57,10 @@ class RedisStore(Store):
     about ``ledger_maxlen`` records and ``ledger_age`` seconds (``None``: no
     age bound); ``ledger_maxlen=0`` keeps none. Both can be set in the URL:
     ``?ledger_maxlen=100000&ledger_age=7776000``.
+
+    On Cluster, counters whose roots live in different slots are reserved
+    slot by slot, in slot order, with compensation (``slots``); counters
+    under one root (or roots that share a slot) take one script call.
     """
 
     blocking = True
@@ -108,6 +114,8 @@ class RedisStore(Store):
         self.ledger_age = None if ledger_age is None else float(ledger_age)
         self._ledger = (self.ledger_maxlen, 0 if ledger_age is None else max(int(ledger_age * 1000), 1))
         self._ledger_roots = LedgerRoots(prefix, self.ledger_age)
+        self._groups: dict[tuple[str, ...], list[Group] | None] = {}
+        self._slotted = Slotted(self._now, self.tombstone_ttl, self.grace, self.settled_cap, self._ledger)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.label}, prefix={self.prefix!r})"  # never the URL: it may hold a password
@@ -199,6 +207,44 @@ class RedisStore(Store):
         refuse_eviction(info, self.label)
         self._policy_ok = True
 
+    def _plan(self, scopes: Sequence[str]) -> list[Group] | None:
+        """On Cluster, the slots of ``scopes`` when there are several (else the one-call path)."""
+        if not self.cluster:
+            return None
+        key = tuple(scopes)
+        if key not in self._groups:
+            if len(self._groups) > 10_000:
+                self._groups.clear()
+            self._groups[key] = groups(self.prefix, key)
+        return self._groups[key]
+
+    def _drive(self, flow: Flow[T], operation: str) -> T:
+        """Run a multi-slot flow: each step one script call; a failed call is thrown into it."""
+        try:
+            step = next(flow)
+            while True:
+                try:
+                    reply = self._call(*step, operation)
+                except BudgetError as e:
+                    step = flow.throw(e)
+                else:
+                    step = flow.send(reply)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+
+    async def _adrive(self, flow: Flow[T], operation: str) -> T:
+        try:
+            step = next(flow)
+            while True:
+                try:
+                    reply = await self._acall(*step, operation)
+                except BudgetError as e:
+                    step = flow.throw(e)
+                else:
+                    step = flow.send(reply)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+
     # ------------------------------------------------------------ arguments
 
     def _reserve_args(self, req: ReserveRequest) -> tuple[list[str], list[Any]]:
@@ -272,51 +318,81 @@ class RedisStore(Store):
     # ------------------------------------------------------------ the interface
 
     def reserve(self, req: ReserveRequest) -> ReserveResult:
-        keys, args = self._reserve_args(req)
-        result = codec.decode_reserve(self._call("reserve", keys, args))
+        plan = self._plan([s.ref.scope for s in req.counters]) if self.cluster else None
+        if plan is not None:
+            result = self._drive(self._slotted.reserve(req, plan), "reserve")
+        else:
+            keys, args = self._reserve_args(req)
+            result = codec.decode_reserve(self._call("reserve", keys, args))
         if result.admitted:
             self._register_roots(req)
         return result
 
     async def areserve(self, req: ReserveRequest) -> ReserveResult:
-        keys, args = self._reserve_args(req)
-        result = codec.decode_reserve(await self._acall("reserve", keys, args))
+        plan = self._plan([s.ref.scope for s in req.counters]) if self.cluster else None
+        if plan is not None:
+            result = await self._adrive(self._slotted.reserve(req, plan), "reserve")
+        else:
+            keys, args = self._reserve_args(req)
+            result = codec.decode_reserve(await self._acall("reserve", keys, args))
         if result.admitted:
             await self._aregister_roots(req)
         return result
 
     def settle(self, req: SettleRequest) -> SettleOutcome:
-        keys, args = self._settle_args(req, "settle")
-        out = codec.decode_text(self._call("settle", keys, args))
+        plan = self._plan([r.scope for r in req.counters]) if self.cluster else None
+        if plan is not None:
+            out: str = self._drive(self._slotted.settle(req, plan, "settle"), "settle")
+        else:
+            keys, args = self._settle_args(req, "settle")
+            out = codec.decode_text(self._call("settle", keys, args))
         if self.ledger_maxlen:  # a root it never reserved: rare, and at most once an hour
             self._ledger_roots.list_now(self.client, [r.scope for r in req.counters], self._clock())
         return out  # type: ignore[return-value]
 
     async def asettle(self, req: SettleRequest) -> SettleOutcome:
-        keys, args = self._settle_args(req, "settle")
-        out = codec.decode_text(await self._acall("settle", keys, args))
+        plan = self._plan([r.scope for r in req.counters]) if self.cluster else None
+        if plan is not None:
+            out: str = await self._adrive(self._slotted.settle(req, plan, "settle"), "settle")
+        else:
+            keys, args = self._settle_args(req, "settle")
+            out = codec.decode_text(await self._acall("settle", keys, args))
         if self.ledger_maxlen:
             scopes = [r.scope for r in req.counters]
             await self._ledger_roots.alist_now(self.async_client, self.client, scopes, self._clock())
         return out  # type: ignore[return-value]
 
     def release(self, lease_id: str, counters: tuple[CounterRef, ...]) -> bool:
+        plan = self._plan([r.scope for r in counters]) if self.cluster else None
+        if plan is not None:
+            req = SettleRequest(lease_id, counters, Amount())
+            return self._drive(self._slotted.settle(req, plan, "release"), "release") == "released"
         keys, args = self._release_args(lease_id, counters)
         return codec.decode_text(self._call("settle", keys, args, "release")) == "released"
 
     async def arelease(self, lease_id: str, counters: tuple[CounterRef, ...]) -> bool:
+        plan = self._plan([r.scope for r in counters]) if self.cluster else None
+        if plan is not None:
+            flow = self._slotted.settle(SettleRequest(lease_id, counters, Amount()), plan, "release")
+            return await self._adrive(flow, "release") == "released"
         keys, args = self._release_args(lease_id, counters)
         return codec.decode_text(await self._acall("settle", keys, args, "release")) == "released"
 
     def status(self, refs: Sequence[CounterRef]) -> list[CounterState]:
         if not refs:
             return []
+        plan = self._plan([r.scope for r in refs]) if self.cluster else None
+        if plan is not None:
+            return self._drive(self._slotted.status_all(refs, plan), "status")
         keys, args = self._status_args(refs)
         return list(codec.decode_states(self._call("status", keys, args), 0))
 
     async def astatus(self, refs: Sequence[CounterRef]) -> list[CounterState]:
         if not refs:
             return []
+        plan = self._plan([r.scope for r in refs]) if self.cluster else None
+        if plan is not None:
+            return await self._adrive(self._slotted.status_all(refs, plan), "status")
         keys, args = self._status_args(refs)
         return list(codec.decode_states(await self._acall("status", keys, args), 0))
 
