@@ -293,6 +293,7 @@ def run_race(budget: Decimal, callers: int, once: bool, contention_wait: float) 
 
     admitted = peers.race(attempt, callers, once)
     spent = sum((Decimal(r.spent) for r in guard.remaining().rows if r.quantity == "usd"), Decimal(0))
+    records = [r for r in records if r.outcome != "refused"]  # refusals are recorded too, at $0
     ratio = statistics.median(float(r.reserved_usd / r.cost_usd) for r in records) if records else 0.0
     return Race(admitted, refused[0], spent, ratio)
 
