@@ -149,6 +149,7 @@ def run_budgetguard(budget: Decimal, callers: int, store: Any = None, once: bool
 
     admitted = race(attempt, callers, once)
     spent = sum((Decimal(r.spent) for r in guard.remaining().rows if r.quantity == "usd"), Decimal(0))
+    records = [r for r in records if r.outcome != "refused"]  # refusals are recorded too, at $0
     ratio = statistics.median(float(r.reserved_usd / r.cost_usd) for r in records) if records else 0.0
     return Outcome(admitted, spent, ratio)
 

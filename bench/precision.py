@@ -56,7 +56,7 @@ def converse(turns: int, limit: int | None, counter: str | None) -> tuple[list[C
         except BudgetExceeded:
             break
         done += 1
-    return records, done
+    return [r for r in records if r.outcome != "refused"], done  # refusals are recorded too, at $0
 
 
 def main() -> None:

@@ -108,6 +108,7 @@ def soak(
 
     ok_calls = len(run["latencies"])
     over = [max(t - latency, 0.0) for t in run["latencies"]]
+    records = [r for r in records if r.outcome != "refused"]  # refusals are recorded too, at $0
     recorded = {
         "usd": sum((r.cost_usd for r in records), Decimal(0)),
         "tokens": sum(r.usage.total_tokens for r in records),

@@ -210,6 +210,7 @@ def measure_guard(w: Workload, budget: Decimal, run_id: str) -> tuple[float, flo
         pass
     else:
         raise RuntimeError(f"{w.name}: never refused in {STEP_CAP} calls")
+    records = [r for r in records if r.outcome != "refused"]  # refusals are recorded too, at $0
     spent = sum((r.cost_usd for r in records), Decimal(0))
     ratio = statistics.median(float(r.reserved_usd / r.cost_usd) for r in records) if records else 0.0
     return float(spent / budget * 100), ratio, len(records)
@@ -292,6 +293,7 @@ def run_race(budget: Decimal, callers: int, once: bool, contention_wait: float) 
 
     admitted = peers.race(attempt, callers, once)
     spent = sum((Decimal(r.spent) for r in guard.remaining().rows if r.quantity == "usd"), Decimal(0))
+    records = [r for r in records if r.outcome != "refused"]  # refusals are recorded too, at $0
     ratio = statistics.median(float(r.reserved_usd / r.cost_usd) for r in records) if records else 0.0
     return Race(admitted, refused[0], spent, ratio)
 

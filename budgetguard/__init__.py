@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .alerts import Alert
 from .definitions import LimitDef
 from .errors import (
     BudgetError,
@@ -36,6 +37,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "Alert",
     "BudgetError",
     "BudgetExceeded",
     "BudgetGuard",

@@ -24,8 +24,10 @@ from .adapter.candidates import FALLBACK, FITTED_PRIMARY, LAST_FALLBACK, LAST_RE
 from .adapter.enforce import enforcing
 from .adapter.models import guard_runnable
 from .adapter.modes import Pipe, Wrapped
+from .alerts import AlertCallback
 from .engine import Engine, EngineConfig
 from .engine.contention import DEFAULT_CONTENTION_WAIT
+from .engine.watch import make_watch
 from .errors import BudgetExceeded, ConfigError
 from .estimate import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_MIN_OUTPUT_TOKENS
 from .health import Health, acheck, check
@@ -76,6 +78,8 @@ class BudgetGuard(Runnable[Any, Any]):
         store_timeout: float = 1.0,
         spool_dir: str | os.PathLike[str] | None = None,
         token_counter: str | InputCounter | None = None,
+        alerts: Sequence[float] = (),
+        on_alert: AlertCallback | None = None,
     ) -> None:
         # Every keyword argument, by name: GuardSettings has a field for each and checks them in order.
         given = dict(locals())
@@ -94,6 +98,7 @@ class BudgetGuard(Runnable[Any, Any]):
             token_counter=settings.token_counter,
         )
         self.engine = Engine(settings.limits, settings.store, config, settings.spool())
+        self.engine.flows.watch = make_watch(settings.alerts, settings.on_alert)  # OTel, alerts
         self.fallbacks: tuple[Runnable[Any, Any], ...] = settings.fallbacks
         self.degrade_at = settings.degrade_at
         self.model_hint = settings.model

@@ -19,8 +19,11 @@ __all__ = ["CallRecord", "Outcome"]
 #: ``cache_hit``: served by LangChain's cache, free; ``replay``: a settle already applied (no-op);
 #: ``late``: settled after its lease had expired, replacing the estimate it was charged;
 #: ``unreserved``: usage recorded for a lease the store never saw; ``spooled``: the store was down,
-#: the settle waits in the spool.
-Outcome = Literal["settled", "estimated", "released", "cache_hit", "replay", "late", "unreserved", "spooled"]
+#: the settle waits in the spool; ``refused``: refused before it was sent, nothing charged
+#: (``reason`` says why).
+Outcome = Literal[
+    "settled", "estimated", "released", "cache_hit", "replay", "late", "unreserved", "spooled", "refused"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,8 @@ class CallRecord:
     #: when the call began (before its reservation) and when it was recorded, UTC
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    #: why a refused call was refused (the scope, the limit, what it needed), else None
+    reason: str | None = None
 
     @property
     def estimated(self) -> bool:

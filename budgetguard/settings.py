@@ -102,6 +102,9 @@ class GuardSettings(BaseModel):
     on_store_error: SkipValidation[Literal["closed", "open"]] = "closed"
     store_timeout: SkipValidation[float] = 1.0
     spool_dir: SkipValidation[str | os.PathLike[str] | None] = None
+    #: fractions of a limit at which ``on_alert`` is called, once per scope, window and threshold
+    alerts: SkipValidation[tuple[float, ...]] = ()
+    on_alert: SkipValidation[Callable[[Any], Any] | None] = Field(default=None, validate_default=True)
     #: a name ("bytes", "o200k", "cl100k", "auto"), a callable or None ("bytes"); a Counter once parsed
     token_counter: SkipValidation[Counter] = Field(default=None, validate_default=True)
     #: given as a Store, a URL or None ($BUDGETGUARD_STORE, else memory); a Store once parsed
@@ -193,6 +196,34 @@ class GuardSettings(BaseModel):
             )
         return v
 
+    @_check("alerts")
+    def _alerts(cls, v: Any) -> tuple[float, ...]:
+        if v is None:
+            return ()
+        if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
+            raise ConfigError(
+                f"alerts must be a list of fractions of a limit, e.g. [0.5, 0.8, 1.0]; got {v!r}"
+            )
+        for t in v:
+            if isinstance(t, bool) or not isinstance(t, (int, float, Decimal)) or not 0 < t <= 1:
+                raise ConfigError(
+                    f"each alert threshold must be a fraction in (0, 1], e.g. 0.8 for 80%; got {t!r}"
+                )
+        if len(set(v)) != len(v):
+            raise ConfigError(f"alerts lists a threshold twice: {list(v)!r}")
+        return tuple(sorted(float(t) for t in v))
+
+    @_check("on_alert")
+    def _on_alert(cls, v: Any, info: ValidationInfo) -> Any:
+        alerts = info.data.get("alerts", ())
+        if v is not None and not callable(v):
+            raise ConfigError(f"on_alert must be a function (or async function) taking an Alert, got {v!r}")
+        if alerts and v is None:
+            raise ConfigError("alerts= needs on_alert=: the function to call when a threshold is passed")
+        if v is not None and not alerts:
+            raise ConfigError("on_alert= needs alerts=: the thresholds, e.g. alerts=[0.5, 0.8, 1.0]")
+        return v
+
     @_check("token_counter")
     def _token_counter(cls, v: str | InputCounter | None) -> Counter:
         return resolve_counter(v)
@@ -204,6 +235,11 @@ class GuardSettings(BaseModel):
             v = store_from_url(v, timeout=float(info.data["store_timeout"]))
         elif not isinstance(v, Store):
             raise ConfigError(f"store must be a budgetguard Store or a URL such as 'memory://', got {v!r}")
+        if info.data.get("alerts") and not v.supports_alerts:
+            raise ConfigError(
+                f"{v!r} cannot deduplicate alerts (Store.claim_alert), so alerts= could fire more than "
+                "once: use the memory or Redis store, or implement claim_alert and supports_alerts"
+            )
         if not v.supports_sync:
             raise ConfigError(
                 f"{v!r} has only an asyncio client, but the guard checks calls from LangChain's "

@@ -55,5 +55,5 @@ for title, middleware in (
     print(f"  wrapped up: {bill['wrapped_up']}, ended by the budget: {bill['ended_by_budget']}")
     for row in guard.remaining(run_id=bill["run_id"]).rows:
         print(f"  {row.scope}: spent ${row.spent} of ${row.cap}, ${row.remaining} left")
-    mine = [r for r in records if r.metadata["run_id"] == bill["run_id"]]
+    mine = [r for r in records if r.metadata["run_id"] == bill["run_id"] and r.outcome != "refused"]
     print(f"  records: {len(mine)}, summing to ${sum(r.cost_usd for r in mine)}")

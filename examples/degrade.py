@@ -7,7 +7,10 @@ primary = FakeChatModel(model_name="gpt-4o", max_tokens=300, output_tokens=250)
 cheap = FakeChatModel(model_name="gpt-4o-mini", max_tokens=2000, output_tokens=1500)
 served = []
 guard = BudgetGuard(
-    limit_usd="0.03", fallback=cheap, degrade_at=0.5, on_record=lambda r: served.append(r.model)
+    limit_usd="0.03",
+    fallback=cheap,
+    degrade_at=0.5,
+    on_record=lambda r: served.append(r.model) if r.outcome != "refused" else None,  # refusals too
 )
 llm = guard.wrap(primary)
 

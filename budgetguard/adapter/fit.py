@@ -28,6 +28,7 @@ from langchain_core.load import dumps
 
 from ..estimate import CAP_KEYS
 from .rawusage import adetailed, araw_details, raw_usage_hooks, with_raw_details
+from .traces import aannounce, announce, run_manager_of, take_refusal
 
 __all__ = ["cap_field", "cache_will_answer", "fitting_class"]
 
@@ -62,18 +63,33 @@ def _handlers(model: BaseChatModel) -> list[Any]:
 
 
 def _reserve_deferred(model: BaseChatModel, run_manager: Any) -> None:
-    """A call left unreserved for the cache that turned out to miss: reserve it now, or raise."""
+    """A refusal held for this call is raised here (``adapter/traces.py``), inside the model call.
+
+    A call left unreserved for the cache that turned out to miss is reserved now, or raises.
+    """
+    run_manager = run_manager_of(run_manager)
+    refused = take_refusal(model, run_manager)
+    if refused is not None:
+        announce(model, run_manager, refused)
+        raise refused
     run_id = getattr(run_manager, "run_id", None)  # None in a stream: the call begun in this context
     for h in _handlers(model):
         if callable(getattr(h, "reserve_deferred", None)):
             h.reserve_deferred(run_id)
+    announce(model, run_manager)
 
 
 async def _areserve_deferred(model: BaseChatModel, run_manager: Any) -> None:
+    run_manager = run_manager_of(run_manager)
+    refused = take_refusal(model, run_manager)
+    if refused is not None:
+        await aannounce(model, run_manager, refused)
+        raise refused
     run_id = getattr(run_manager, "run_id", None)
     for h in _handlers(model):
         if callable(getattr(h, "areserve_deferred", None)):
             await h.areserve_deferred(run_id)
+    await aannounce(model, run_manager)
 
 
 def _lowered(model: BaseChatModel, field: str | None, run_manager: Any, kwargs: dict[str, Any]) -> Any:

@@ -30,6 +30,7 @@ from .compat import detection_available, on_async_path
 from .composite import AsyncFanOut, FanOut
 from .fit import cache_will_answer
 from .logs import quiet_refusals
+from .traces import decision_events, end_open_runs, end_open_runs_sync, held
 from .v3 import stream_event
 
 __all__ = ["GUARDS_KEY", "BudgetGuardCallback", "SyncTwin", "AsyncTwin", "context_scopes", "guard_callback"]
@@ -64,7 +65,7 @@ class _Core:
     handler's (the same guard on a model and on the chain around it).
     """
 
-    __slots__ = ("engine", "extra_metadata", "generic", "hint", "owner", "role")
+    __slots__ = ("engine", "extra_metadata", "generic", "hint", "late", "owner", "role")
 
     def __init__(
         self,
@@ -73,8 +74,11 @@ class _Core:
         extra_metadata: dict[str, Any],
         owner: object,
         role: Role | None = None,
+        late: bool = False,
     ) -> None:
         self.engine = engine
+        #: the model raises this handler's refusals itself (``adapter/traces.py``): traces see the run end
+        self.late = late
         self.role = role  # the model's place in a fallback chain, if it has one
         self.hint = hint
         self.extra_metadata = extra_metadata
@@ -116,8 +120,19 @@ class _Core:
             kwargs.get("parent_run_id"),
         )
 
-    def _refused(self, exc: BudgetExceeded, kwargs: dict[str, Any]) -> None:
+    def _held(self, exc: BudgetExceeded, kwargs: dict[str, Any]) -> bool:
+        """Whether the refusal is held for the model call to raise (``adapter/traces.py``); else the
+        caller raises it now, after ending the runs that saw this start."""
         candidates.refused(self.role, kwargs.get("parent_run_id"), exc)
+        if not self.late or kwargs.get("batch_size", 1) != 1:
+            return False
+        held.hold(self.owner, kwargs["run_id"], exc)
+        return True
+
+    def _over(self, run_id: UUID) -> None:
+        """The call ended: a refusal still held for it is void (LangChain's cache answered it)."""
+        if held:
+            held.take(self.owner, run_id)
 
     def _admitted(self, kwargs: dict[str, Any]) -> None:
         candidates.admitted(self.role, kwargs.get("parent_run_id"))
@@ -152,7 +167,9 @@ class SyncTwin(_Core):
         try:
             self.engine.begin(call)
         except BudgetExceeded as exc:
-            self._refused(exc, kwargs)
+            if self._held(exc, kwargs):
+                return
+            end_open_runs_sync(exc, kwargs)
             raise
         self._admitted(kwargs)
 
@@ -163,9 +180,11 @@ class SyncTwin(_Core):
         stream_event(self.engine, event, kwargs)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        self._over(run_id)
         self.engine.end(run_id, response, self.owner)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._over(run_id)
         self.engine.fail(run_id, error, self.owner)
 
 
@@ -188,7 +207,11 @@ class AsyncTwin(_Core):
         try:
             await self.engine.abegin(call)
         except BudgetExceeded as exc:
-            self._refused(exc, kwargs)
+            if self._held(exc, kwargs):
+                return
+            ending = end_open_runs(exc, kwargs)
+            if ending is not None:
+                await ending
             raise
         self._admitted(kwargs)
 
@@ -199,9 +222,11 @@ class AsyncTwin(_Core):
         stream_event(self.engine, event, kwargs)
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        self._over(run_id)
         await self.engine.aend(run_id, response, self.owner)
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._over(run_id)
         await self.engine.afail(run_id, error, self.owner)
 
 
@@ -229,6 +254,7 @@ class BudgetGuardCallback(BaseCallbackHandler):
     """
 
     raise_error = True
+    ignore_custom_event = True  # its own trace events (``adapter/traces.py``) are for the others
 
     on_chat_model_start: Any = _Routed()
     on_llm_start: Any = _Routed()
@@ -265,6 +291,19 @@ class BudgetGuardCallback(BaseCallbackHandler):
         twin = self.sync_twin
         return twin.engine.fitted_cap(run_id, twin.owner) if isinstance(twin, SyncTwin) else None
 
+    def take_refusal(self, run_id: UUID | None) -> BudgetExceeded | None:
+        """The refusal held for this handler's call ``run_id``, for the model to raise."""
+        twin = self.sync_twin
+        return held.take(twin.owner, run_id) if isinstance(twin, SyncTwin) and held else None
+
+    def decisions(self, run_id: UUID | None, refusal: BudgetExceeded | None) -> list[dict[str, Any]]:
+        """What this handler's guard decided for the call ``run_id``, as trace-event payloads."""
+        twin = self.sync_twin
+        if not isinstance(twin, SyncTwin):
+            return []
+        pending = None if refusal is not None else twin.engine.pending.here(run_id, twin.owner)
+        return decision_events(pending, refusal)
+
     def reserve_deferred(self, run_id: UUID | None) -> None:
         """Reserve this handler's call left to the cache, which missed after all (or raise)."""
         twin = self.sync_twin
@@ -282,9 +321,13 @@ def guard_callback(
     hint: ModelHint | None = None,
     metadata: Mapping[str, Any] | None = None,
     role: Role | None = None,
+    late: bool = False,
 ) -> BudgetGuardCallback:
-    """The handler of one guard: both twins over the same engine, hint, extra metadata and role."""
-    state = (engine, hint or ModelHint(), dict(metadata or {}), object(), role)
+    """The handler of one guard: both twins over the same engine, hint, extra metadata and role.
+
+    ``late``: the model is a ``fitting_class`` one, which raises the handler's held refusals itself.
+    """
+    state = (engine, hint or ModelHint(), dict(metadata or {}), object(), role, late)
     waits = engine.flows.contention_wait > 0
     return BudgetGuardCallback(
         SyncTwin(*state), AsyncTwin(*state), blocking=engine.store.blocking, waits=waits

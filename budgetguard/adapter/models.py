@@ -93,7 +93,7 @@ def guard_runnable(
         # In a fallback chain, only the last candidate waits out contention: the next one is tried instead.
         hint = model_hint(runnable, soft_ppm, fits, wait=role is None or role.last)
         engine.note_model(hint.model, hint.provider)
-        handler = guard_callback(engine, hint, role=role)
+        handler = guard_callback(engine, hint, role=role, late=fitting is not None)
         return _with_handler(runnable, handler, engine.tag, fitting)
     if isinstance(runnable, RunnableBinding) and isinstance(runnable.bound, BaseLanguageModel):
         bound = guard_runnable(engine, runnable.bound, soft_ppm, role, fit)

@@ -47,6 +47,8 @@ class Run:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, record: CallRecord) -> None:
+        if record.outcome == "refused":  # never sent, nothing charged: not a call of the run
+            return
         with self.lock:
             self.spent += record.cost_usd
             if record.model.startswith(TOOL_PREFIX):

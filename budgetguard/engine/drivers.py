@@ -19,7 +19,20 @@ from typing import Any, TypeVar
 from ..errors import BudgetStoreUnavailable
 from ..spool import Spool
 from ..stores.base import Store
-from .ops import Define, Flow, Op, Release, Replay, Reserve, Reset, Settle, Sleep, SpoolAppend, Status
+from .ops import (
+    ClaimAlert,
+    Define,
+    Flow,
+    Op,
+    Release,
+    Replay,
+    Reserve,
+    Reset,
+    Settle,
+    Sleep,
+    SpoolAppend,
+    Status,
+)
 
 __all__ = ["AsyncDriver", "Breaker", "DriverState", "SyncDriver"]
 
@@ -160,6 +173,7 @@ def _calls(store: Store) -> dict[type, Callable[[Any], Any]]:
         Release: lambda op: store.release(op.lease_id, op.counters),
         Status: lambda op: store.status(list(op.refs)),
         Reset: lambda op: store.reset(op.scope),
+        ClaimAlert: lambda op: store.claim_alert(op.key, op.ttl),
     }
 
 
@@ -238,6 +252,7 @@ class AsyncDriver:
             Release: lambda op: store.arelease(op.lease_id, op.counters),
             Status: lambda op: store.astatus(list(op.refs)),
             Reset: lambda op: store.areset(op.scope),
+            ClaimAlert: lambda op: store.aclaim_alert(op.key, op.ttl),
         }
 
     async def run(self, flow: Flow[T]) -> T:

@@ -44,8 +44,9 @@ from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, Plan, Planner
 from .prefixes import InputEstimator
-from .refusals import CallShape, refusal
+from .refusals import CallShape, refusal, show_refusal
 from .user import UserCallbacks
+from .watch import Watch
 
 __all__ = ["Begun", "Flows"]
 
@@ -92,6 +93,7 @@ class Flows(Contention):
         self._tag = os.urandom(4).hex()
         self._spooled_probes: set[str] = set()
         self.minimal_nanos = 1  # the minimal call's price (status.py), lowered by Engine.note_model
+        self.watch: Watch | None = None  # telemetry and alerts, when a guard has them (engine/watch.py)
         #: the limits as the store keeps them for operators (definitions.py), written once
         self.definitions = definitions_of(lim for _, lim in planner.templates)
         self.defined = not self.definitions
@@ -144,6 +146,8 @@ class Flows(Contention):
         p.fit = hint.fit and self.fit_max_tokens
         p.wait, p.thread = hint.wait, threading.get_ident()
         p.run_id, p.parent_run_id, p.metadata, p.started = run_id, call.parent_run_id, metadata, time.time()
+        if self.watch is not None and self.watch.alerts is not None:
+            p.specs = plan.specs
         if not self.pending.claim(run_id, p):
             return None
         return Begun(run_id, p, plan)
@@ -162,9 +166,13 @@ class Flows(Contention):
         if result is not None and not result.admitted:
             self.pending.discard(run_id, p)
             shape = CallShape(p.input_est, p.output_cap, p.rates)
-            raise refusal(plan, result.states, result.violation, p.amount, p.rates.model, shape)
+            exc = refusal(plan, result.states, result.violation, p.amount, p.rates.model, shape)
+            show_refusal(self, p, exc)
+            raise exc
         p.spooled = result is None
         self.pending.reserved(run_id, p)
+        if self.watch is not None:
+            self.watch.admitted(p)
 
     def _fit(self, begun: Begun, refused: ReserveResult) -> Flow[ReserveResult | None]:
         """Reserve again with the output cap lowered to what the budget affords, if that is enough."""
@@ -321,6 +329,7 @@ class Flows(Contention):
             rates.model, p.provider, usage, p.run_id, zip((r.scope for r in p.refs), p.labels, strict=False)
         )
         req = SettleRequest(p.lease_id, p.refs, actual, usage.estimated, not p.probe, note)
+        began = time.time()
         outcome = yield from self._settle_or_spool(p, req)
         if not p.probe and actual.exceeds(p.amount):
             logger.warning(
@@ -335,6 +344,8 @@ class Flows(Contention):
         label: Outcome = "cache_hit" if usage.cache_hit else "estimated" if usage.estimated else outcome
         if outcome in ("replay", "late"):
             label = outcome
+        if self.watch is not None:
+            yield from self.watch.after_settle(p, usage, actual.nanos, label, rates.model, began, outcome)
         return self._emit(p, usage, actual.nanos, label, rates.model)
 
     def _settle_or_spool(self, p: Pending, req: SettleRequest) -> Flow[Outcome]:
@@ -366,7 +377,7 @@ class Flows(Contention):
             yield from ops.spool_append(encode_release(p.lease_id, p.refs))
 
     def _emit(
-        self, p: Pending, usage: TokenUsage, nanos: int, outcome: Outcome, model: str
+        self, p: Pending, usage: TokenUsage, nanos: int, outcome: Outcome, model: str, why: str | None = None
     ) -> CallRecord | None:
         debug = logger.isEnabledFor(logging.DEBUG)
         if self.on_record is None and not debug:
@@ -385,6 +396,7 @@ class Flows(Contention):
             metadata=caller_metadata(p.metadata),
             started_at=utc(p.started) if p.started else None,
             ended_at=datetime.now(timezone.utc),
+            reason=why,
         )
         if debug:
             logger.debug("budgetguard: %s", rec)

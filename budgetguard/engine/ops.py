@@ -16,6 +16,7 @@ from ..reservation import CounterRef, CounterState
 from ..stores.base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest
 
 __all__ = [
+    "ClaimAlert",
     "Define",
     "Flow",
     "Op",
@@ -27,6 +28,7 @@ __all__ = [
     "Sleep",
     "SpoolAppend",
     "Status",
+    "claim_alert",
     "define",
     "release",
     "replay",
@@ -73,6 +75,15 @@ class Reset:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimAlert:
+    """Claim an alert key once for everyone (``Store.claim_alert``): True for the one claimer."""
+
+    operation: ClassVar[str] = "claim_alert"  # named in errors
+    key: str
+    ttl: float | None  # seconds; None: kept for good (a lifetime window)
+
+
+@dataclass(frozen=True, slots=True)
 class Define:
     """Record the guard's limit definitions in the store (once per guard, after its first reserve)."""
 
@@ -103,7 +114,7 @@ class Sleep:
     seconds: float
 
 
-Op = Union[Reserve, Settle, Release, Status, Reset, Define, SpoolAppend, Replay, Sleep]  # noqa: UP007 - a runtime alias
+Op = Union[Reserve, Settle, Release, Status, Reset, ClaimAlert, Define, SpoolAppend, Replay, Sleep]  # noqa: UP007
 #: A generator that yields operations and returns ``T``.
 Flow = Generator[Op, object, T]
 
@@ -126,6 +137,10 @@ def status(refs: tuple[CounterRef, ...]) -> Flow[list[CounterState]]:
 
 def reset(scope: str) -> Flow[int]:
     return cast(int, (yield Reset(scope)))
+
+
+def claim_alert(key: str, ttl: float | None) -> Flow[bool]:
+    return cast(bool, (yield ClaimAlert(key, ttl)))
 
 
 def define(defs: tuple[LimitDef, ...]) -> Flow[bool]:

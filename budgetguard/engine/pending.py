@@ -24,7 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from ..pricing import Rates
-from ..reservation import Amount, CounterRef
+from ..reservation import Amount, CounterRef, CounterSpec
 from ..usage import TokenUsage
 
 __all__ = ["Pending", "PendingRuns", "current_task"]
@@ -63,6 +63,7 @@ class Pending:
     metadata: Mapping[str, Any] | None = None  # the caller's metadata the plan was read from
     started: float = 0.0  # time.time() at the start event
     deferred: object = None  # unreserved, for the cache to answer: what to reserve if the model is called
+    specs: tuple[CounterSpec, ...] = ()  # the counters' caps, for alerts (set only when alerts= is)
     thread: int = 0  # the thread the call began in (``held_here``)
     wait: bool = True  # a refusal by contention waits (``contention_wait``); False on a fallback's way
 

@@ -8,6 +8,7 @@ before it pulls the model (stream).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..errors import BudgetExceeded, BudgetStoreUnavailable, ConfigError
 from ..estimate import estimate_text_tokens
 from ..ledger import note_for
 from ..pricing import context_window
-from ..records import CallRecord
+from ..records import CallRecord, Outcome
 from ..reservation import Amount
 from ..spool import encode_reserve
 from ..stores.base import ReserveRequest, ReserveResult, SettleRequest
@@ -27,7 +28,7 @@ from .flows import _NO_RATES, _PROBE, Flows
 from .ops import Flow
 from .pending import Pending
 from .plans import Plan
-from .refusals import refusal, states_before
+from .refusals import refusal, show_refusal, states_before
 
 __all__ = ["PipeFlows"]
 
@@ -65,7 +66,10 @@ class PipeFlows(Flows):
         yield from self._settle_or_spool(
             p, SettleRequest(p.lease_id, p.refs, actual, usage.estimated, False, note)
         )
-        self._emit(p, usage, actual.nanos, "estimated" if usage.estimated else "settled", rates.model)
+        outcome: Outcome = "estimated" if usage.estimated else "settled"
+        if self.watch is not None:
+            self.watch.settled(p, usage, actual.nanos, outcome, rates.model, time.time())
+        self._emit(p, usage, actual.nanos, outcome, rates.model)
         if result.violation is not None and not result.violation.soft:
             return refusal(plan, states_before(result.states, _PROBE), result.violation, _PROBE, rates.model)
         return None
@@ -116,7 +120,11 @@ class PipeFlows(Flows):
         if not self.defined:
             yield from self.define()
         if not result.admitted:
-            raise refusal(plan, result.states, result.violation, amount, model)
+            exc = refusal(plan, result.states, result.violation, amount, model)
+            p = Pending(req.lease_id, plan.refs, plan.labels, amount, _NO_RATES, None, 0, 0)
+            p.metadata, p.started = metadata, time.time()
+            show_refusal(self, p, exc)
+            raise exc
         return req.lease_id, plan
 
     def settle_stream(

@@ -10,19 +10,28 @@ token, exceeds the whole cap) has ``retry_after=None``: waiting cannot help.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from ..errors import BudgetExceeded, DegradeRequired
 from ..limits import Limit
 from ..pricing import Rates
 from ..reservation import Amount, CounterState, Violation
 from ..units import format_quantity, format_usd, quantity_of, to_usd
+from ..usage import TokenUsage
 from ..windows import as_datetime, window_end
 from .plans import Plan
 
-__all__ = ["RETRY_RESERVED", "CallShape", "minimal_amount", "refusal", "states_before"]
+if TYPE_CHECKING:
+    from .flows import Flows
+    from .pending import Pending
+
+__all__ = ["RETRY_RESERVED", "CallShape", "minimal_amount", "refusal", "show_refusal", "states_before"]
+
+logger = logging.getLogger("budgetguard")
 
 #: Seconds to wait when only reservations in flight stand in the way (they settle or expire).
 RETRY_RESERVED = 1.0
@@ -92,6 +101,20 @@ def refusal(
         retry_after=None if never else _retry_after(spec.ref.per, st, q, cap, requested, now),
         fix=_fix(shape, never) if shape and q != "requests" else None,
     )
+
+
+def show_refusal(flows: Flows, p: Pending, exc: BudgetExceeded) -> None:
+    """A refusal made visible: logged once at INFO on the ``budgetguard`` logger with its scope and
+    reason, told to the watchers (telemetry) and, unless a fallback may serve it, to ``on_record``."""
+    model = p.rates.model or exc.model or ""
+    degrade = isinstance(exc, DegradeRequired)
+    if logger.isEnabledFor(logging.INFO):
+        what = "passes degrade_at; a fallback may serve it" if degrade else "refused"
+        logger.info("budgetguard: %s call %s for %s: %s", model or "a", what, exc.scope, exc.reason())
+    if flows.watch is not None:
+        flows.watch.refused(p, exc)
+    if not degrade and flows.on_record is not None:
+        flows._emit(p, TokenUsage(), 0, "refused", model, why=exc.reason())
 
 
 def _limit_behind(plan: Plan, index: int, q: str, hard: int) -> Limit:

@@ -100,6 +100,19 @@ class Store(abc.ABC):
     def reset(self, scope: str) -> int:
         """Forget every counter of ``scope`` (all periods); returns how many."""
 
+    #: False for a store that cannot deduplicate alerts (``claim_alert``): the guard refuses ``alerts=``.
+    supports_alerts: bool = False
+
+    def claim_alert(self, key: str, ttl: float | None) -> bool:
+        """Claim ``key`` for ``ttl`` seconds (``None``: for good), atomically: True for one caller only.
+
+        What makes an alert fire once across every process sharing the store.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot deduplicate alerts")
+
+    async def aclaim_alert(self, key: str, ttl: float | None) -> bool:
+        return self.claim_alert(key, ttl)
+
     async def areserve(self, req: ReserveRequest) -> ReserveResult:
         return self.reserve(req)
 

@@ -88,6 +88,7 @@ class MemoryStore(Store):
         self._lease_heap: list[tuple[float, str]] = []
         self._gc_heap: list[tuple[float, int, str, object]] = []
         self._gc_seq = 0
+        self._alerts: dict[str, float] = {}  # claimed alert key -> when the claim lapses (inf: never)
         self._ledger: deque[LedgerRecord] | None = deque(maxlen=ledger_cap) if ledger_cap else None
         self._defs: dict[LimitDef, float] = {}
 
@@ -227,6 +228,9 @@ class MemoryStore(Store):
                 self._forget(item, now)  # type: ignore[arg-type]
             elif kind == "expired":
                 self._expired.pop(item, None)  # type: ignore[call-overload]
+            elif kind == "alert":
+                if self._alerts.get(item, now + 1) <= now:  # type: ignore[call-overload]
+                    del self._alerts[item]  # type: ignore[arg-type]
             else:
                 self._age_out(item, now)  # type: ignore[arg-type]
 
@@ -337,6 +341,19 @@ class MemoryStore(Store):
             if doomed:
                 self._record("reset", "", doomed, befores, self._clock(), Amount())
             return len(doomed)
+
+    supports_alerts = True
+
+    def claim_alert(self, key: str, ttl: float | None) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._sweep(now)
+            if self._alerts.get(key, now) > now:
+                return False
+            self._alerts[key] = float("inf") if ttl is None else now + ttl
+            if ttl is not None:
+                self._later(now + ttl, "alert", key)
+            return True
 
     # ---------------------------------------------------------------- operators' reads
 

@@ -14,7 +14,11 @@ from budgetguard import BudgetExceeded, BudgetGuard, CallRecord, Limit
 
 def test_a_wrapped_model_guards_every_call_of_an_agent_executor() -> None:
     records: list[CallRecord] = []
-    guard = BudgetGuard(limits=[Limit(usd="0.01")], prices=PRICES, on_record=records.append)
+    guard = BudgetGuard(
+        limits=[Limit(usd="0.01")],
+        prices=PRICES,
+        on_record=lambda r: records.append(r) if r.outcome != "refused" else None,
+    )
     model = Runaway(max_tokens=200, output_tokens=40)
     prompt = ChatPromptTemplate.from_messages(
         [("system", "You research."), ("human", "{input}"), ("placeholder", "{agent_scratchpad}")]

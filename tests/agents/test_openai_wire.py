@@ -91,7 +91,9 @@ def stream_events() -> list[dict[str, Any]]:
 def agent_on(server: WireServer) -> tuple[Any, BudgetGuard, list[CallRecord]]:
     records: list[CallRecord] = []
     guard = BudgetGuard(
-        limits=[Limit(usd=BUDGET, scope="run:{run_id}")], prices=PRICES, on_record=records.append
+        limits=[Limit(usd=BUDGET, scope="run:{run_id}")],
+        prices=PRICES,
+        on_record=lambda r: records.append(r) if r.outcome != "refused" else None,
     )
     llm = ChatOpenAI(
         model="gpt-4o-mini", api_key="sk-test", base_url=server.url + "/v1", max_retries=0, max_tokens=100

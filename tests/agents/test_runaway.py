@@ -23,7 +23,9 @@ BUDGET = Decimal("0.02")
 def runaway_agent(**middleware: object) -> tuple[object, Runaway, BudgetGuard, list[CallRecord]]:
     records: list[CallRecord] = []
     guard = BudgetGuard(
-        limits=[Limit(usd=BUDGET, scope="run:{run_id}")], prices=PRICES, on_record=records.append
+        limits=[Limit(usd=BUDGET, scope="run:{run_id}")],
+        prices=PRICES,
+        on_record=lambda r: records.append(r) if r.outcome != "refused" else None,
     )
     model = Runaway(max_tokens=200, output_tokens=40)
     agent = create_agent(model, [web_search], middleware=[BudgetMiddleware(guard, **middleware)])  # type: ignore[arg-type]

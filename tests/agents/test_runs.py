@@ -25,7 +25,12 @@ BUDGET = Decimal("0.02")
 
 def guard_with(*limits: Limit, **kwargs: Any) -> tuple[BudgetGuard, list[CallRecord]]:
     records: list[CallRecord] = []
-    return BudgetGuard(limits=list(limits), prices=PRICES, on_record=records.append, **kwargs), records
+    return BudgetGuard(
+        limits=list(limits),
+        prices=PRICES,
+        on_record=lambda r: records.append(r) if r.outcome != "refused" else None,
+        **kwargs,
+    ), records
 
 
 def spent(guard: BudgetGuard, **metadata: Any) -> Decimal:

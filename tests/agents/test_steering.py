@@ -19,7 +19,12 @@ from budgetguard.testing import FakeChatModel
 
 def guard_with(*limits: Limit, **kwargs: Any) -> tuple[BudgetGuard, list[CallRecord]]:
     records: list[CallRecord] = []
-    return BudgetGuard(limits=list(limits), prices=PRICES, on_record=records.append, **kwargs), records
+    return BudgetGuard(
+        limits=list(limits),
+        prices=PRICES,
+        on_record=lambda r: records.append(r) if r.outcome != "refused" else None,
+        **kwargs,
+    ), records
 
 
 def usd_row(guard: BudgetGuard, **metadata: Any) -> Any:

@@ -95,7 +95,7 @@ def test_a_hit_that_misses_after_all_is_reserved_before_the_provider_and_refused
     finally:
         set_llm_cache(None)
     assert llm.calls.count == 1  # the provider was never called for the second
-    assert [r.outcome for r in records] == ["settled"]
+    assert [r.outcome for r in records] == ["settled", "refused"]  # the refusal is recorded too
     (row,) = guard.remaining().rows
     assert (row.spent, row.reserved) == (1, 0)
 
@@ -139,4 +139,4 @@ def test_a_streaming_model_under_invoke_reserves_late_when_the_cache_misses() ->
     finally:
         set_llm_cache(None)
     assert cache.lookups == 4 and raw.calls.count == 1
-    assert [r.outcome for r in records] == ["settled"]
+    assert [r.outcome for r in records] == ["settled", "refused"]  # the refusal is recorded too

@@ -26,6 +26,7 @@ EXPECT = {
         "final answer: Best answer from what I found.",
         "wrapped up: True, ended by the budget: False",
     ],
+    "alert_webhook.py": ["webhook got: user:alice passed 50% of its day usd budget", "refused (user:alice)"],
 }
 
 

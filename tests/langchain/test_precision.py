@@ -96,7 +96,7 @@ def test_callable_counter_sizes_the_reservation() -> None:
         limit_tokens=10_000, fit_max_tokens=False, on_record=records.append, token_counter=lambda m, t: 8_999
     )
     guard.wrap(FakeChatModel(model_name="gpt-4o", max_tokens=1_001)).invoke("hi")
-    assert len(records) == 1
+    assert [r.outcome for r in records] == ["refused", "settled"]
 
 
 def test_bad_token_counter_is_a_config_error() -> None:

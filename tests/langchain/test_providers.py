@@ -540,7 +540,7 @@ def test_refused_openai_call_never_reaches_the_provider(mock: respx.MockRouter, 
     assert stream_route.call_count == 0
     assert len(mock.calls) == 0
     assert info.value.quantity == "usd"
-    assert records == []
+    assert [(r.outcome, r.cost_usd) for r in records] == [("refused", 0)]  # recorded, charged nothing
     (row,) = guard.remaining().rows
     assert (row.spent, row.reserved) == (0, 0)
 

@@ -53,7 +53,7 @@ def test_sequential_calls_sharing_a_run_id_are_each_checked_and_recorded(
             pass
     assert admitted == 3, f"a 3-request budget admitted {admitted} calls sharing one run id"
     assert llm.calls.count == 3
-    assert [r.outcome for r in records] == ["settled"] * 3
+    assert [r.outcome for r in records] == ["settled"] * 3 + ["refused"] * 3
     assert held(guard)["requests"] == (3, 0)
 
 

@@ -420,8 +420,8 @@ def _hammer_worker(url: str, prefixes: tuple[str, str], barrier: Any, results: A
         out["requests"] = {
             "admitted": sum(admitted),
             "calls": model.calls.count,
-            "costs": [str(r.cost_usd) for r in records],
-            "outcomes": sorted({r.outcome for r in records}),
+            "costs": [str(r.cost_usd) for r in records if r.outcome != "refused"],  # refusals: $0 records
+            "outcomes": sorted({r.outcome for r in records if r.outcome != "refused"}),
         }
 
         # --- usd cap, asyncio tasks: a refusal while others hold reservations may
@@ -455,8 +455,8 @@ def _hammer_worker(url: str, prefixes: tuple[str, str], barrier: Any, results: A
         out["usd"] = {
             "admitted": sum(asyncio.run(run())),
             "calls": model2.calls.count,
-            "costs": [str(r.cost_usd) for r in records2],
-            "outcomes": sorted({r.outcome for r in records2}),
+            "costs": [str(r.cost_usd) for r in records2 if r.outcome != "refused"],
+            "outcomes": sorted({r.outcome for r in records2 if r.outcome != "refused"}),
         }
     except BaseException as e:  # report, never hang the parent
         out["error"] = "".join(traceback.format_exception(e))

@@ -17,7 +17,7 @@ from ...ledger import DEFAULT_AGE, DEFAULT_MAXLEN, LedgerRecord
 from ...reservation import Amount, CounterRef, CounterSpec, CounterState
 from .. import registry
 from ..base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
-from . import codec
+from . import alerts, codec
 from .calls import FAILURES, mapped
 from .clients import describe, is_cluster, spool_key, sync_twin
 from .connectors import RedisConnector, Target, store_options
@@ -441,6 +441,23 @@ class RedisStore(Store):
         if self.client is None:
             raise ConfigError(f"{what} needs a sync client; pass client= to RedisStore")
         return self.client
+
+    # ------------------------------------------------------------ alerts
+
+    supports_alerts = True
+
+    def claim_alert(self, key: str, ttl: float | None) -> bool:
+        """One claimer in every process (``alerts.py``: SET NX, with PX when ``ttl``)."""
+        if self.client is None:
+            raise ConfigError("claim_alert() needs a sync client")
+        name = f"{self.prefix}alert:{key}"
+        return alerts.claim(self.client, name, ttl, self.label, self.timeout, self.attempts)
+
+    async def aclaim_alert(self, key: str, ttl: float | None) -> bool:
+        if self.async_client is None:
+            return await asyncio.to_thread(self.claim_alert, key, ttl)
+        name = f"{self.prefix}alert:{key}"
+        return await alerts.aclaim(self.async_client, name, ttl, self.label, self.timeout, self.attempts)
 
     def scopes(self) -> list[tuple[str, str]]:
         """Every (scope, period) that has held a reservation and is not forgotten yet
