@@ -30,12 +30,14 @@ __all__ = ["METER_NAME", "Telemetry"]
 
 METER_NAME = "budgetguard"
 _TOKEN_KINDS = ("cache_read", "cache_write", "reasoning")
+#: The API's own providers, in place until the app sets an SDK's (names, so no private import).
+_NO_SDK = frozenset({"_ProxyMeterProvider", "NoOpMeterProvider", "ProxyTracerProvider", "NoOpTracerProvider"})
 
 
 class Telemetry:
     """The guard's instruments, made once; each method is a few no-op calls without an SDK."""
 
-    __slots__ = ("_calls", "_cost", "_latency", "_tokens", "_trace")
+    __slots__ = ("_calls", "_cost", "_latency", "_live", "_metrics", "_tokens", "_trace")
 
     def __init__(self, metrics: Any, trace: Any) -> None:
         from . import __version__
@@ -48,6 +50,20 @@ class Telemetry:
             "budgetguard.latency", unit="s", description="the guard's own time per call phase"
         )
         self._trace = trace
+        self._metrics = metrics
+        self._live = False
+
+    def live(self) -> bool:
+        """Whether the app has configured an SDK (a meter or tracer provider of its own).
+
+        Until it does, the API's proxies drop everything, so the guard skips the work of
+        building attributes; the instruments made here forward to the SDK once it is set.
+        """
+        if not self._live:
+            meter_provider = type(self._metrics.get_meter_provider()).__name__
+            tracer_provider = type(self._trace.get_tracer_provider()).__name__
+            self._live = meter_provider not in _NO_SDK or tracer_provider not in _NO_SDK
+        return self._live
 
     @classmethod
     def create(cls) -> Telemetry | None:

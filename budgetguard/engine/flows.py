@@ -171,7 +171,7 @@ class Flows(Contention):
             raise exc
         p.spooled = result is None
         self.pending.reserved(run_id, p)
-        if self.watch is not None:
+        if self.watch is not None and self.watch.active():
             self.watch.admitted(p)
 
     def _fit(self, begun: Begun, refused: ReserveResult) -> Flow[ReserveResult | None]:
@@ -344,7 +344,7 @@ class Flows(Contention):
         label: Outcome = "cache_hit" if usage.cache_hit else "estimated" if usage.estimated else outcome
         if outcome in ("replay", "late"):
             label = outcome
-        if self.watch is not None:
+        if self.watch is not None and self.watch.active():
             yield from self.watch.after_settle(p, usage, actual.nanos, label, rates.model, began, outcome)
         return self._emit(p, usage, actual.nanos, label, rates.model)
 

@@ -67,7 +67,7 @@ class PipeFlows(Flows):
             p, SettleRequest(p.lease_id, p.refs, actual, usage.estimated, False, note)
         )
         outcome: Outcome = "estimated" if usage.estimated else "settled"
-        if self.watch is not None:
+        if self.watch is not None and self.watch.active():
             self.watch.settled(p, usage, actual.nanos, outcome, rates.model, time.time())
         self._emit(p, usage, actual.nanos, outcome, rates.model)
         if result.violation is not None and not result.violation.soft:

@@ -39,6 +39,10 @@ class Watch:
         self.telemetry = telemetry
         self.alerts = alerts
 
+    def active(self) -> bool:
+        """Whether a call has anything to tell: alerts are set, or the app configured an OTel SDK."""
+        return self.alerts is not None or (self.telemetry is not None and self.telemetry.live())
+
     def refused(self, p: Pending, exc: BudgetExceeded) -> None:
         t = self.telemetry
         if t is not None:
