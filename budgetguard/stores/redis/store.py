@@ -11,17 +11,17 @@ from urllib.parse import urlsplit
 
 from tenacity import AsyncRetrying, Retrying
 
-from ...definitions import LimitDef, decode_def, encode_def
 from ...errors import BudgetError, ConfigError
-from ...ledger import DEFAULT_AGE, DEFAULT_MAXLEN, LedgerRecord
+from ...ledger import DEFAULT_AGE, DEFAULT_MAXLEN
 from ...reservation import Amount, CounterRef, CounterSpec, CounterState
 from .. import registry
 from ..base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
-from . import alerts, codec
+from . import codec
 from .calls import FAILURES, mapped
 from .clients import describe, is_cluster, spool_key, sync_twin
 from .connectors import RedisConnector, Target, store_options
-from .ledger import LedgerRoots, read_all
+from .ledger import LedgerRoots
+from .operators import OperatorReads
 from .policy import refuse_eviction
 from .roots import Roots
 from .scripts import SOURCES
@@ -35,7 +35,7 @@ _REDIS = [c for c in registry.CONNECTORS if issubclass(c, RedisConnector)]
 T = TypeVar("T")
 
 
-class RedisStore(Store):
+class RedisStore(OperatorReads, Store):
     """A store in Redis: build it from a URL or from clients you already have.
 
     ``timeout`` bounds every operation, retries included (tenacity): a dead
@@ -403,78 +403,6 @@ class RedisStore(Store):
     async def areset(self, scope: str) -> int:
         keys, _ = self._bases([scope])
         return int(await self._acall("reset", keys, [self._now(), scope, *self._ledger]))
-
-    # ------------------------------------------------------------ operators' reads (ledger.py)
-
-    def _define_args(self, defs: Sequence[LimitDef]) -> tuple[list[str], list[Any]]:
-        return [f"{self.prefix}limits"], [int(self._clock()), *(encode_def(d) for d in defs)]
-
-    def define_limits(self, defs: Sequence[LimitDef]) -> None:
-        keys, args = self._define_args(defs)
-        try:
-            self._call("define", keys, args)
-        except ConfigError as e:  # the CLI loses sight of these caps; enforcement is unaffected
-            logger.warning("budgetguard: could not record the limit definitions in %s: %s", self.label, e)
-
-    async def adefine_limits(self, defs: Sequence[LimitDef]) -> None:
-        keys, args = self._define_args(defs)
-        try:
-            await self._acall("define", keys, args)
-        except ConfigError as e:
-            logger.warning("budgetguard: could not record the limit definitions in %s: %s", self.label, e)
-
-    def limit_definitions(self) -> list[LimitDef]:
-        """Every definition a guard recorded, most recently written first."""
-        c = self._sync_client("limit_definitions()")
-        with mapped(self.label, self.timeout, self.attempts, "limit_definitions"):
-            raw = c.hgetall(f"{self.prefix}limits")
-        seen = sorted(((float(v), codec.decode_text(k)) for k, v in raw.items()), reverse=True)
-        return [d for _, text in seen if (d := decode_def(text)) is not None]
-
-    def ledger_records(self, since: float | None = None, until: float | None = None) -> list[LedgerRecord]:
-        """Every ledger stream's records with ``since <= time < until``, oldest first."""
-        c = self._sync_client("ledger_records()")
-        with mapped(self.label, self.timeout, self.attempts, "ledger"):
-            return read_all(c, [self._ledger_roots.key, self._roots.key], self._clock(), since, until)
-
-    def _sync_client(self, what: str) -> Any:
-        if self.client is None:
-            raise ConfigError(f"{what} needs a sync client; pass client= to RedisStore")
-        return self.client
-
-    # ------------------------------------------------------------ alerts
-
-    supports_alerts = True
-
-    def claim_alert(self, key: str, ttl: float | None) -> bool:
-        """One claimer in every process (``alerts.py``: SET NX, with PX when ``ttl``)."""
-        if self.client is None:
-            raise ConfigError("claim_alert() needs a sync client")
-        name = f"{self.prefix}alert:{key}"
-        return alerts.claim(self.client, name, ttl, self.label, self.timeout, self.attempts)
-
-    async def aclaim_alert(self, key: str, ttl: float | None) -> bool:
-        if self.async_client is None:
-            return await asyncio.to_thread(self.claim_alert, key, ttl)
-        name = f"{self.prefix}alert:{key}"
-        return await alerts.aclaim(self.async_client, name, ttl, self.label, self.timeout, self.attempts)
-
-    def scopes(self) -> list[tuple[str, str]]:
-        """Every (scope, period) that has held a reservation and is not forgotten yet
-        (``expire_after``), without KEYS or SCAN. (``roots`` and ``<base>s`` are the sets
-        of earlier versions, read too.)"""
-        if self.client is None:
-            raise ConfigError("scopes() needs a sync client")
-        now = self._clock()
-        c = self.client
-        bases = {*c.zrangebyscore(self._roots.key, now, "+inf"), *c.smembers(f"{self.prefix}roots")}
-        out: set[tuple[str, str]] = set()
-        for base in sorted(codec.decode_text(b) for b in bases):
-            members = {*c.zrangebyscore(f"{base}sz", int(now * 1000), "+inf"), *c.smembers(f"{base}s")}
-            for member in members:
-                scope, _, per = codec.decode_text(member).rpartition("\t")
-                out.add((scope, per))
-        return sorted(out)
 
     def ping(self) -> float:
         """One round trip (PING, or on a first contact the eviction check's INFO), no retry;
