@@ -145,10 +145,12 @@ def test_racing_threads_across_slots_never_overspend(store: RedisStore) -> None:
             user = rnd.choice(users)
             refs = (CounterRef("global", "day"), CounterRef(user, "lifetime"))
             specs = (CounterSpec(refs[0], Caps(tokens=g_cap)), CounterSpec(refs[1], Caps(tokens=u_cap)))
-            want, actual = rnd.randint(20, 120), rnd.randint(0, 20)
+            want = rnd.randint(20, 120)
             lease = f"r{seed}-{n}"
             if store.reserve(ReserveRequest(lease, specs, Amount(0, want, 1), 60)).admitted:
-                got = actual + want // 2
+                # at most what was reserved, as with a provider that honours its cap (a larger actual
+                # is recorded in full, above the cap: the overshoot the guard reports, not overspend)
+                got = rnd.randint(want // 4, want)
                 assert store.settle(SettleRequest(lease, refs, Amount(0, got, 1))) == "settled"
                 with lock:
                     admitted.append((user, got))
