@@ -14,11 +14,9 @@ Run: ``python bench/ledger_overhead.py [--rounds N] [--pairs N]``.
 from __future__ import annotations
 
 import argparse
-import shutil
-import socket
+import os
 import statistics
-import subprocess
-import tempfile
+import sys
 import time
 import uuid
 
@@ -29,17 +27,14 @@ from budgetguard.reservation import Amount, Caps, CounterRef, CounterSpec
 from budgetguard.stores.base import ReserveRequest, SettleRequest
 from budgetguard.stores.redis import RedisStore
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from redis_overhead import own_redis_server
+
 SPECS = (
     CounterSpec(CounterRef("org:acme", "day"), Caps(nanos=10**15)),
     CounterSpec(CounterRef("org:acme/user:u1", "lifetime"), Caps(tokens=10**12)),
 )
 NOTE = LedgerNote("gpt-4o-mini", "openai", (("input", 400), ("output", 120)), str(uuid.uuid4()))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pairs(store: RedisStore, n: int) -> float:
@@ -62,20 +57,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--pairs", type=int, default=500)
     a = ap.parse_args()
-    port, d = free_port(), tempfile.mkdtemp()
-    proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", "", "--dir", d],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+    with own_redis_server() as url:
+        client = redis.Redis.from_url(url)
         stores = {
             "ledger on": RedisStore.from_url(url, prefix="on:"),
             "ledger off": RedisStore.from_url(url, prefix="off:", ledger_maxlen=0),
@@ -97,10 +80,6 @@ def main() -> None:
         print(
             f"  server us per script:   ledger on {lon:7.1f} us   off {loff:7.1f} us   ratio {lon / loff:.3f}"
         )
-    finally:
-        proc.terminate()
-        proc.wait(5)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -29,18 +29,14 @@ Quick: ``python bench/scaling.py --tenants 1,200 --calls 20 --rounds 1 --memory-
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
 import secrets
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from importlib.metadata import version
 
 import redis
@@ -51,6 +47,9 @@ from budgetguard.stores import MemoryStore
 from budgetguard.stores.base import ReserveRequest, SettleRequest, Store
 from budgetguard.stores.redis import RedisStore
 from budgetguard.testing import FakeChatModel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from redis_overhead import own_redis_server
 
 PROMPT = "Summarise the quarterly report in three bullet points, please."
 PRICES = {"test-model": Price(input_per_mtok=1, output_per_mtok=2)}
@@ -81,44 +80,6 @@ def refs_for(tenant: int, k: int) -> tuple[CounterRef, ...]:
 
 def specs_for(tenant: int, k: int) -> tuple[CounterSpec, ...]:
     return tuple(CounterSpec(r, Caps(BIG, BIG, BIG)) for r in refs_for(tenant, k))
-
-
-# ------------------------------------------------------------------ redis-server
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def own_redis_server() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, stopped at the end."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed; install it or pass --url redis://host:port/0")
-    port = _free_port()
-    workdir = tempfile.mkdtemp(prefix=f"bg-bench-scaling-{port}-")
-    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    cmd += ["--dir", workdir, "--protected-mode", "no"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if redis.Redis(port=port, socket_timeout=0.5).ping():
-                    break
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {port} did not start")
-            time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ filling
