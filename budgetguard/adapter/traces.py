@@ -214,37 +214,28 @@ def _payloads(model: Any, run_manager: Any, refusal: BudgetExceeded | None) -> l
     return out
 
 
+def _event_args(run_manager: Any, data: dict[str, Any]) -> tuple[Any, ...]:
+    """``handle_event``'s positional arguments for one ``budgetguard`` custom event (both twins)."""
+    return (run_manager.handlers, "on_custom_event", "ignore_custom_event", EVENT_NAME, data)
+
+
+def _event_kwargs(run_manager: Any) -> dict[str, Any]:
+    return {"run_id": run_manager.run_id, "tags": run_manager.tags, "metadata": run_manager.metadata}
+
+
 def announce(model: Any, run_manager: Any, refusal: BudgetExceeded | None = None) -> None:
     """Send the guard's decisions on this call to the run's handlers, if any listens."""
     if run_manager is None or not _listeners(run_manager):
         return
     for data in _payloads(model, run_manager, refusal):
-        handle_event(
-            run_manager.handlers,
-            "on_custom_event",
-            "ignore_custom_event",
-            EVENT_NAME,
-            data,
-            run_id=run_manager.run_id,
-            tags=run_manager.tags,
-            metadata=run_manager.metadata,
-        )
+        handle_event(*_event_args(run_manager, data), **_event_kwargs(run_manager))
 
 
 async def aannounce(model: Any, run_manager: Any, refusal: BudgetExceeded | None = None) -> None:
     if run_manager is None or not _listeners(run_manager):
         return
     for data in _payloads(model, run_manager, refusal):
-        await ahandle_event(
-            run_manager.handlers,
-            "on_custom_event",
-            "ignore_custom_event",
-            EVENT_NAME,
-            data,
-            run_id=run_manager.run_id,
-            tags=run_manager.tags,
-            metadata=run_manager.metadata,
-        )
+        await ahandle_event(*_event_args(run_manager, data), **_event_kwargs(run_manager))
 
 
 def _model_handlers(model: Any) -> list[Any]:
