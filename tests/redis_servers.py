@@ -66,6 +66,9 @@ class RedisServer:
         self, port: int | None = None, *extra: str, cluster: bool = False, binary: str | None = None
     ) -> None:
         self.binary = binary
+        # A port we picked may be taken by another socket before the server binds it (a free-port
+        # race): then its first start moves to a fresh one. A restart keeps its port.
+        self._movable = port is None
         self.port = port or free_port(cluster_bus=cluster)
         self.extra = list(extra)
         self.cluster = cluster
@@ -80,6 +83,16 @@ class RedisServer:
         return redis.Redis(port=self.port, socket_timeout=5)
 
     def start(self) -> RedisServer:
+        for _ in range(4 if self._movable else 0):
+            if self._start():
+                return self
+            self.port = free_port(cluster_bus=self.cluster)  # the process exited: the port was taken
+        if self._start():
+            return self
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def _start(self) -> bool:
+        """Start the process; True once it answers, False if it exited at once (its port taken)."""
         args = [
             self.binary or redis_binary(),
             "--port",
@@ -103,14 +116,18 @@ class RedisServer:
         while True:
             try:
                 if redis.Redis(port=self.port, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)).ping():
-                    return self
+                    break
             except (redis.AuthenticationError, redis.ResponseError):  # AUTH required: it is up
-                return self
+                break
             except (redis.ConnectionError, redis.TimeoutError):
                 pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            if self.proc.poll() is not None:
+                return False
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {self.port} did not answer within 10 s")
             time.sleep(0.02)
+        self._movable = False  # started: from now on, restarts keep this port
+        return True
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no save."""
