@@ -62,18 +62,19 @@ __all__ = [
 NANOS_PER_USD = 1_000_000_000
 _MTOK = 1_000_000
 
-# The usage classes LangChain can report, by genai-prices usage key.
-_REPORTED = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cache_write_5m_tokens",
-    "cache_write_1h_tokens",
-    "input_audio_tokens",
-    "output_audio_tokens",
-    "output_reasoning_tokens",
-)
+#: The usage classes LangChain can report, by genai-prices usage key: each one's index in a
+#: ``TokenUsage``; -1 and -2: the 5-minute and 1-hour cache writes (derived); -3 (other keys): none.
+_COUNT_AT = {
+    "input_tokens": 0,
+    "output_tokens": 1,
+    "cache_read_tokens": 2,
+    "cache_write_tokens": 3,
+    "cache_write_5m_tokens": -1,
+    "cache_write_1h_tokens": -2,
+    "input_audio_tokens": 5,
+    "output_audio_tokens": 6,
+    "output_reasoning_tokens": 7,
+}
 
 
 class Price(BaseModel):
@@ -104,6 +105,10 @@ class _Unit:
     base: int
     tiers: tuple[tuple[int, int], ...]
     descendants: tuple[int, ...]
+    at: int = field(default=-3, init=False, repr=False, compare=False)  # its count's place: _COUNT_AT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "at", _COUNT_AT.get(self.key, -3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +130,16 @@ class Rates:
 
     def numerator(self, u: TokenUsage) -> int:
         """Cost times ``10**(scale+6)`` USD, exactly."""
-        counts = _counts(u)
         leaves: list[int] = []
         total = self.per_request * _MTOK
         for unit in self.units:
-            leaf = counts.get(unit.key, 0)
+            at = unit.at
+            if at >= 0:
+                leaf = u[at]
+            elif at == -3 or not u.cache_write:  # the TTL split counts only under a cache write
+                leaf = 0
+            else:
+                leaf = u.cache_write_1h if at == -2 else u.cache_write - u.cache_write_1h
             for d in unit.descendants:
                 leaf -= leaves[d]
             if leaf < 0:
@@ -177,6 +187,8 @@ class Rates:
 def _plain(d: Decimal) -> Decimal:
     """Drop trailing zeros (same value; print with ``format(d, "f")`` to avoid exponents)."""
     n = d.normalize()
+    if n.adjusted() < 0:  # below one, so a negative exponent (most costs): no as_tuple() to build
+        return n
     return n if n.as_tuple().exponent <= 0 else n.quantize(Decimal(1))  # type: ignore[operator]
 
 
@@ -185,23 +197,6 @@ def _ceil_nanos(numerator: int, scale: int) -> int:
     if shift <= 0:
         return int(numerator * 10**-shift)
     return int(-(-numerator // 10**shift))
-
-
-def _counts(u: TokenUsage) -> dict[str, int]:
-    c = {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens}
-    if u.cache_read:
-        c["cache_read_tokens"] = u.cache_read
-    if u.cache_write:
-        c["cache_write_tokens"] = u.cache_write
-        c["cache_write_5m_tokens"] = u.cache_write - u.cache_write_1h
-        c["cache_write_1h_tokens"] = u.cache_write_1h
-    if u.input_audio:
-        c["input_audio_tokens"] = u.input_audio
-    if u.output_audio:
-        c["output_audio_tokens"] = u.output_audio
-    if u.reasoning:
-        c["output_reasoning_tokens"] = u.reasoning
-    return c
 
 
 # --------------------------------------------------------------------------- data
@@ -247,7 +242,7 @@ def _compile(model: str, provider: str | None, prices: Mapping[str, Decimal | Ti
         if unit.usage_key == "requests":  # priced per `per` requests
             base = price.base if isinstance(price, TieredPrices) else price
             per_request_usd = base / unit.per
-        elif unit.usage_key in _REPORTED and unit.per == _MTOK:
+        elif unit.usage_key in _COUNT_AT and unit.per == _MTOK:
             priced.append((unit, price))
         # searches, pages, seconds...: LangChain never reports them
     decimals = [per_request_usd]

@@ -19,6 +19,8 @@ Metrics (attributes: ``gen_ai.request.model``, ``gen_ai.provider.name``):
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -37,7 +39,7 @@ _NO_SDK = frozenset({"_ProxyMeterProvider", "NoOpMeterProvider", "ProxyTracerPro
 class Telemetry:
     """The guard's instruments, made once; each method is a few no-op calls without an SDK."""
 
-    __slots__ = ("_calls", "_cost", "_latency", "_live", "_metrics", "_tokens", "_trace")
+    __slots__ = ("_calls", "_cost", "_globals", "_latency", "_live", "_metrics", "_tokens", "_trace")
 
     def __init__(self, metrics: Any, trace: Any) -> None:
         from . import __version__
@@ -52,6 +54,7 @@ class Telemetry:
         self._trace = trace
         self._metrics = metrics
         self._live = False
+        self._globals = _provider_globals(trace)
 
     def live(self) -> bool:
         """Whether the app has configured an SDK (a meter or tracer provider of its own).
@@ -60,6 +63,9 @@ class Telemetry:
         building attributes; the instruments made here forward to the SDK once it is set.
         """
         if not self._live:
+            g = self._globals  # no provider set yet, none to load from the environment: no SDK
+            if g is not None and g[0]._METER_PROVIDER is None and g[1]._TRACER_PROVIDER is None:
+                return False
             meter_provider = type(self._metrics.get_meter_provider()).__name__
             tracer_provider = type(self._trace.get_tracer_provider()).__name__
             self._live = meter_provider not in _NO_SDK or tracer_provider not in _NO_SDK
@@ -141,6 +147,21 @@ class Telemetry:
         span = self._span()
         if span is not None:
             span.set_attributes({"budgetguard.scope": list(scopes), "budgetguard.remaining": list(remaining)})
+
+
+def _provider_globals(trace: Any) -> tuple[Any, Any] | None:
+    """The API modules whose globals hold the providers an app set, for ``live``'s cheap test.
+
+    ``get_meter_provider()`` reads the environment on every call until a provider is set;
+    these globals say as much for free. ``None`` (always the public calls) if the API keeps
+    them elsewhere, or if the environment names a provider for the API to load.
+    """
+    if "OTEL_PYTHON_METER_PROVIDER" in os.environ or "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:
+        return None
+    internal = sys.modules.get("opentelemetry.metrics._internal")
+    if internal is None or not hasattr(internal, "_METER_PROVIDER") or not hasattr(trace, "_TRACER_PROVIDER"):
+        return None
+    return internal, trace
 
 
 def _attrs(model: str | None, provider: str | None, extra: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import LLMResult
 
 from .model_names import LLM_OUTPUT_KEYS, name_at, served_model_name
-from .plain_usage import plain_totals
+from .plain_usage import plain_counts
 from .providers import RESPONSE_ROOTS, SHAPES, USAGE_METADATA_SHAPE, Row, Shape
 
 __all__ = ["TokenUsage", "usage_from_message", "usage_from_result", "served_model"]
@@ -93,9 +93,9 @@ class TokenUsage(NamedTuple):
         """Parse a ``UsageMetadata`` dict; ``None`` if it is missing or impossible."""
         if type(usage) is not dict and not isinstance(usage, Mapping):
             return None
-        totals = plain_totals(usage, MAX_TOKENS)  # the commonest reading, without the interpreter
-        if totals is not None:
-            return _new(TokenUsage, (*totals, 0, 0, 0, 0, 0, 0, False, False))
+        counts = plain_counts(usage, MAX_TOKENS)  # the commonest readings, without the interpreter
+        if counts is not None:
+            return _new(TokenUsage, (*counts, False, False))
         return _read_usage_metadata(usage)
 
     @classmethod

@@ -6,6 +6,7 @@ provider), as an app would; each test reads what its own calls added.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -193,3 +194,41 @@ def test_the_pipe_form_is_counted_too(otel: tuple[InMemoryMetricReader, InMemory
     attrs = {"gen_ai.token.type": "input", "gen_ai.request.model": "gpt-4o-mini"}
     got = _sum(after["budgetguard.tokens"], **attrs) - _sum(before.get("budgetguard.tokens", []), **attrs)
     assert got == 30
+
+
+def test_an_sdk_set_after_the_guard_was_built_is_picked_up() -> None:
+    """``live()``'s cheap test (the API's provider globals) still sees a provider set later."""
+    code = (
+        "from opentelemetry import metrics\n"
+        "from opentelemetry.sdk.metrics import MeterProvider\n"
+        "from opentelemetry.sdk.metrics.export import InMemoryMetricReader\n"
+        "import budgetguard\n"
+        "from budgetguard.testing import FakeChatModel\n"
+        "g = budgetguard.BudgetGuard(limit_usd=1)\n"
+        "llm = g.wrap(FakeChatModel(model_name='gpt-4o-mini'))\n"
+        "llm.invoke('hi')\n"
+        "assert not g.engine.flows.watch.telemetry.live()\n"
+        "reader = InMemoryMetricReader()\n"
+        "metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))\n"
+        "llm.invoke('hi')\n"
+        "assert g.engine.flows.watch.telemetry.live()\n"
+        "names = {m.name for rm in reader.get_metrics_data().resource_metrics\n"
+        "         for sm in rm.scope_metrics for m in sm.metrics}\n"
+        "assert 'budgetguard.calls' in names, names\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+
+
+def test_a_provider_named_in_the_environment_is_loaded() -> None:
+    """``OTEL_PYTHON_TRACER_PROVIDER``: the API loads the SDK's provider on first use; the guard sees it."""
+    code = (
+        "import budgetguard\n"
+        "g = budgetguard.BudgetGuard(limit_usd=1)\n"
+        "assert g.engine.flows.watch.telemetry.live()\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "ok"

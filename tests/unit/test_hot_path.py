@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from budgetguard.engine import prefixes
-from budgetguard.plain_usage import PLAIN, plain_totals
-from budgetguard.pricing import Price, _ceil_nanos, resolve_rates
+from budgetguard.plain_usage import DETAILED, PLAIN, detailed_counts, plain_totals
+from budgetguard.pricing import Price, Rates, _ceil_nanos, _Unit, resolve_rates
 from budgetguard.reservation import (
     QUANTITIES,
     Amount,
@@ -35,6 +35,8 @@ VALUES = [0, 1, 7, 10_000_000_000, 10_000_000_001, -1, True, 1.0, None, "3"]
 def test_the_bundled_usage_shape_takes_the_plain_shortcut() -> None:
     assert PLAIN
     assert TokenUsage.from_usage_metadata({"input_tokens": 3, "output_tokens": 4}) == TokenUsage(3, 4)
+    um = {"input_tokens": 1200, "output_tokens": 300, "input_token_details": {"cache_read": 400}}
+    assert detailed_counts(um, 10**10) == (1200, 300, 400, 0, 0, 0, 0, 0)  # the details shortcut
 
 
 def test_plain_usage_reads_as_the_shape_interpreter() -> None:
@@ -56,6 +58,105 @@ def test_plain_usage_reads_as_the_shape_interpreter() -> None:
             assert type(got.estimated) is bool and type(got.cache_hit) is bool
     assert plain_totals({"input_tokens": 1, "output_tokens": 2, "total_cost": 0}, 10**10) is None
     assert plain_totals({"input_tokens": 1, "output_tokens": 2}, 10**10) == (1, 2)
+
+
+DETAIL_VALUES = [None, 0, 1, 5, 400, 10_000_000_001, -1, True, "3"]
+INPUT_KEYS = (
+    "cache_read",
+    "cache_creation",
+    "ephemeral_5m_input_tokens",
+    "ephemeral_1h_input_tokens",
+    "audio",
+)
+
+
+@given(
+    st.sampled_from([0, 3, 1200, True, None]),
+    st.sampled_from([0, 2, 300, -1]),
+    st.one_of(
+        st.none(),
+        st.sampled_from([0, "", [], 7, {}]),
+        st.dictionaries(st.sampled_from(INPUT_KEYS), st.sampled_from(DETAIL_VALUES)),
+    ),
+    st.one_of(
+        st.none(),
+        st.sampled_from([0, {}, "x"]),
+        st.dictionaries(st.sampled_from(["reasoning", "audio", "other"]), st.sampled_from(DETAIL_VALUES)),
+    ),
+    st.sampled_from([None, 0, 0.5]),
+)
+def test_usage_with_details_reads_as_the_shape_interpreter(
+    i: object, o: object, ins: object, outs: object, total_cost: object
+) -> None:
+    assert DETAILED
+    um: dict[str, object] = {"input_tokens": i, "output_tokens": o}
+    if ins is not None:
+        um["input_token_details"] = ins
+    if outs is not None:
+        um["output_token_details"] = outs
+    if total_cost is not None:
+        um["total_cost"] = total_cost
+    assert TokenUsage.from_usage_metadata(um) == _read_usage_metadata(um), um
+    counts = detailed_counts(um, 10_000_000_000)
+    if counts is not None:
+        assert TokenUsage(*counts) == _read_usage_metadata(um), um
+
+
+def _numerator(rates: Rates, u: TokenUsage) -> int:
+    """``Rates.numerator`` as it was, with the counts in a dict by usage key."""
+    counts = {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens}
+    if u.cache_read:
+        counts["cache_read_tokens"] = u.cache_read
+    if u.cache_write:
+        counts["cache_write_tokens"] = u.cache_write
+        counts["cache_write_5m_tokens"] = u.cache_write - u.cache_write_1h
+        counts["cache_write_1h_tokens"] = u.cache_write_1h
+    for key, n in (
+        ("input_audio_tokens", u.input_audio),
+        ("output_audio_tokens", u.output_audio),
+        ("output_reasoning_tokens", u.reasoning),
+    ):
+        if n:
+            counts[key] = n
+    leaves: list[int] = []
+    total = rates.per_request * 10**6
+    for unit in rates.units:
+        leaf = counts.get(unit.key, 0)
+        for d in unit.descendants:
+            leaf -= leaves[d]
+        leaf = max(leaf, 0)
+        leaves.append(leaf)
+        rate = unit.base
+        for start, tier_rate in unit.tiers:
+            if u.input_tokens > start:
+                rate = tier_rate
+        total += rate * leaf
+    return total
+
+
+_TTL_SPLIT = Rates(  # no bundled model prices the 5-minute writes apart
+    "x",
+    None,
+    0,
+    (
+        _Unit("cache_write_5m_tokens", "input", 3, (), ()),
+        _Unit("cache_write_1h_tokens", "input", 5, (), ()),
+        _Unit("cache_write_tokens", "input", 2, (), (0, 1)),
+        _Unit("input_tokens", "input", 1, (), (2,)),
+        _Unit("output_tokens", "output", 4, (), ()),
+        _Unit("searches", None, 9, (), ()),
+    ),
+    0,
+)
+
+
+@given(
+    st.sampled_from(["gpt-4o-mini", "claude-sonnet-4-5", "gpt-realtime", "gemini-2.5-pro", "o3", ""]),
+    st.builds(TokenUsage, *[st.sampled_from([0, 1, 7, 300, 250_000])] * 8),
+)
+def test_the_indexed_counts_price_as_the_usage_key_dict(model: str, u: TokenUsage) -> None:
+    rates = resolve_rates(model) if model else _TTL_SPLIT
+    assert rates.numerator(u) == _numerator(rates, u)
 
 
 def test_flat_worst_rates_match_the_general_loop() -> None:
