@@ -78,8 +78,9 @@ _AUDIO_KINDS = ("audio", "input_audio")
 
 def _cap(where: Mapping[str, Any] | object) -> int | None:
     """The first positive int output cap among ``where``'s keys (a mapping) or attributes."""
+    mapping = type(where) is dict or isinstance(where, Mapping)  # (once, not once per key)
     for key in _MAX_KEYS:
-        v = where.get(key) if isinstance(where, Mapping) else getattr(where, key, None)
+        v = where.get(key) if mapping else getattr(where, key, None)  # type: ignore[union-attr]
         if type(v) is int and v > 0:
             return v
     return None

@@ -123,18 +123,9 @@ def note_for(
 ) -> LedgerNote:
     """The note of one call: its model, provider, tokens by kind (zeros left out), run id, and
     its scopes as written where they differ from the store keys (``scopes``: key, label pairs)."""
-    counts = (
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cache_read,
-        usage.cache_write,
-        usage.cache_write_1h,
-        usage.input_audio,
-        usage.output_audio,
-        usage.reasoning,
-    )
-    tokens = tuple((k, n) for k, n in zip(TOKEN_KINDS, counts, strict=True) if n)
-    written = tuple((k, label) for k, label in scopes if k != label)
+    counts = usage[:8]  # input_tokens ... reasoning: TokenUsage's fields in TOKEN_KINDS' order
+    tokens = tuple([(k, n) for k, n in zip(TOKEN_KINDS, counts, strict=True) if n])
+    written = tuple([(k, label) for k, label in scopes if k != label])
     return LedgerNote(model, provider, tokens, None if run_id is None else str(run_id), written)
 
 

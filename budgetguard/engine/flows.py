@@ -125,7 +125,8 @@ class Flows(Contention):
         Every call gets a lease of its own, whatever its run id.
         """
         run_id, messages, metadata, hint = call.run_id, call.messages, call.metadata, call.hint
-        if self.pending.has_event(run_id, call.event):
+        event = call.event
+        if self.pending.has_event(run_id, event):
             return None
         params = call.invocation_params or {}
         model = call_model_name(params, metadata, hint.model)
@@ -140,7 +141,7 @@ class Flows(Contention):
         out = max_output_tokens(params, hint.profile_max, self.default_max_output_tokens)
         amount = Amount(rates.worst_nanos(inp, out), inp + out, 1)
         p = Pending(self._new_lease(), plan.refs, plan.labels, amount, rates, provider, inp, out)
-        p.owner, p.start, p.task = call.owner, call.event, current_task()
+        p.owner, p.start, p.task = call.owner, event, current_task()
         p.audio_in = messages is not None and has_audio_input(messages)
         p.prefix = prefix
         p.fit = hint.fit and self.fit_max_tokens
@@ -326,7 +327,7 @@ class Flows(Contention):
                 _warn_unpriced(served, rates.model)
         actual = Amount() if usage.cache_hit else Amount(rates.nanos(usage), usage.total_tokens, 1)
         note = note_for(
-            rates.model, p.provider, usage, p.run_id, zip((r.scope for r in p.refs), p.labels, strict=False)
+            rates.model, p.provider, usage, p.run_id, zip([r.scope for r in p.refs], p.labels, strict=False)
         )
         req = SettleRequest(p.lease_id, p.refs, actual, usage.estimated, not p.probe, note)
         began = time.time()

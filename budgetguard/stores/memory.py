@@ -21,6 +21,7 @@ from ..ledger import DEFAULT_MAXLEN, Charge, LedgerNote, LedgerRecord, charges_b
 from ..reservation import (
     Amount,
     CounterRef,
+    CounterSpec,
     CounterState,
     apply_expire,
     apply_release,
@@ -47,6 +48,27 @@ class _Lease:
 def _root(refs: Sequence[CounterRef]) -> str:
     """Where a lease's closed id is filed: the first counter's root scope (as RedisStore does)."""
     return refs[0].scope.split("/", 1)[0] if refs else "global"
+
+
+class _Shape:
+    """A reserve's counters as the store files them, and their keys in the current windows."""
+
+    __slots__ = ("eas", "hi", "keys", "lo", "refs", "root", "specs")
+
+    def __init__(self, specs: tuple[CounterSpec, ...]) -> None:
+        self.specs = specs  # (held: the cache is keyed by its id)
+        self.refs = tuple(spec.ref for spec in specs)
+        self.eas = tuple(ref.expire_after for ref in self.refs)
+        self.root = _root(self.refs)
+        self.keys: tuple[_Key, ...] = ()
+        self.lo, self.hi = math.inf, -math.inf  # the span of time the keys hold for (none yet)
+
+    def window(self, now: float) -> None:
+        """The keys at ``now`` (``MemoryStore._key``), and until when they hold: every window's."""
+        self.keys = tuple([(ref.scope, ref.per, window_start(ref.per, now)) for ref in self.refs])
+        ends = [window_end(k[1], k[2]) for k in self.keys]
+        self.lo = max((k[2] for k in self.keys), default=-math.inf)
+        self.hi = min((math.inf if e is None else e for e in ends), default=math.inf)
 
 
 class MemoryStore(Store):
@@ -91,6 +113,8 @@ class MemoryStore(Store):
         self._alerts: dict[str, float] = {}  # claimed alert key -> when the claim lapses (inf: never)
         self._ledger: deque[LedgerRecord] | None = deque(maxlen=ledger_cap) if ledger_cap else None
         self._defs: dict[LimitDef, float] = {}
+        self._shapes: dict[int, _Shape] = {}  # by id: each holds its specs, so no id is reused
+        self._roots: dict[int, tuple[tuple[CounterRef, ...], str]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(counters={len(self._counters)}, leases={len(self._leases)})"
@@ -131,11 +155,6 @@ class MemoryStore(Store):
         del self._forget_at[key]
         self._counters.pop(key, None)
 
-    def _known(self, lease_id: str, refs: Sequence[CounterRef], now: float) -> bool:
-        """Whether a lease id is live, expired or closed: a reserve under it is a replay."""
-        live = lease_id in self._leases or lease_id in self._expired
-        return live or self._closed(_root(refs), lease_id, now)
-
     def _track(self, lease_id: str, lease: _Lease) -> None:
         """A new live lease; the expiry heap drops closed leases' entries once they are half of it."""
         self._leases[lease_id] = lease
@@ -143,6 +162,24 @@ class MemoryStore(Store):
         if len(self._lease_heap) > 2 * len(self._leases) + 64:
             self._lease_heap = [(x.expires_at, lid) for lid, x in self._leases.items()]
             heapq.heapify(self._lease_heap)
+
+    def _shape(self, specs: tuple[CounterSpec, ...]) -> _Shape:
+        """The reserve's counters as filed here, by identity: a static plan sends one tuple each call."""
+        shape = self._shapes.get(id(specs))
+        if shape is None or shape.specs is not specs:
+            if len(self._shapes) >= 256:
+                self._shapes.clear()
+            shape = self._shapes[id(specs)] = _Shape(specs)
+        return shape
+
+    def _root_of(self, refs: tuple[CounterRef, ...]) -> str:
+        """``_root(refs)``, by identity (a settle names the same refs tuple as its plan)."""
+        found = self._roots.get(id(refs))
+        if found is None or found[0] is not refs:
+            if len(self._roots) >= 256:
+                self._roots.clear()
+            found = self._roots[id(refs)] = (refs, _root(refs))
+        return found[1]
 
     def _closed(self, root: str, lease_id: str, now: float) -> bool:
         ids = self._settled.get(root)
@@ -240,12 +277,18 @@ class MemoryStore(Store):
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            refs = [spec.ref for spec in req.counters]
-            if self._known(req.lease_id, refs, now):
-                # a replayed reserve: the lease exists (or was closed) already; never reserve twice
+            shape = self._shape(req.counters)
+            lease_id = req.lease_id
+            if (
+                lease_id in self._leases
+                or lease_id in self._expired
+                or self._closed(shape.root, lease_id, now)
+            ):
+                # a replayed reserve: the lease is live, expired or closed already; never reserve twice
                 return ReserveResult(True, (), None)
-            keys = tuple([(ref.scope, ref.per, window_start(ref.per, now)) for ref in refs])  # _key
-            eas = tuple([ref.expire_after for ref in refs])
+            if not shape.lo <= now < shape.hi:
+                shape.window(now)
+            keys, eas = shape.keys, shape.eas
             counters = self._counters
             found = [counters.get(k) for k in keys]
             states = [st or CounterState(window_start=k[2]) for st, k in zip(found, keys, strict=True)]
@@ -269,7 +312,7 @@ class MemoryStore(Store):
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            root = _root(req.counters)
+            root = self._root_of(req.counters)
             if self._closed(root, req.lease_id, now):
                 return "replay"
             outcome: SettleOutcome
