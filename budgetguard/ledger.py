@@ -124,9 +124,14 @@ def note_for(
     """The note of one call: its model, provider, tokens by kind (zeros left out), run id, and
     its scopes as written where they differ from the store keys (``scopes``: key, label pairs)."""
     counts = usage[:8]  # input_tokens ... reasoning: TokenUsage's fields in TOKEN_KINDS' order
-    tokens = tuple([(k, n) for k, n in zip(TOKEN_KINDS, counts, strict=True) if n])
+    if counts[0] and counts[1] and not any(counts[2:]):  # the common case: both totals, no details
+        tokens: tuple[tuple[str, int], ...] = (("input", counts[0]), ("output", counts[1]))
+    else:
+        tokens = tuple([(k, n) for k, n in zip(TOKEN_KINDS, counts, strict=True) if n])
     written = tuple([(k, label) for k, label in scopes if k != label])
-    return LedgerNote(model, provider, tokens, None if run_id is None else str(run_id), written)
+    return tuple.__new__(
+        LedgerNote, (model, provider, tokens, None if run_id is None else str(run_id), written)
+    )
 
 
 class Charge(NamedTuple):

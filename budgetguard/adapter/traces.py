@@ -245,6 +245,8 @@ def _model_handlers(model: Any) -> list[Any]:
 
 def take_refusal(model: Any, run_manager: Any) -> BudgetExceeded | None:
     """The refusal a guard's handler on this model holds for this call, if any."""
+    if not held:  # none held, by any guard (the handlers' ``take_refusal`` reads ``held``)
+        return None
     run_id = getattr(run_manager, "run_id", None)  # None in a stream: the call begun in this context
     for h in _model_handlers(model):
         take = getattr(h, "take_refusal", None)

@@ -56,6 +56,7 @@ _PROBE = Amount(1, 1, 1)
 #: Errors that say nothing of the provider, only that the caller stopped waiting.
 _WALKED_AWAY = (GeneratorExit, asyncio.CancelledError)
 _NO_RATES = Rates("", None, 0, (), 0)
+_new = tuple.__new__  # a NamedTuple from its fields (all of them), without its Python-level __new__
 
 
 class Begun(NamedTuple):
@@ -97,6 +98,7 @@ class Flows(Contention):
         #: the limits as the store keeps them for operators (definitions.py), written once
         self.definitions = definitions_of(lim for _, lim in planner.templates)
         self.defined = not self.definitions
+        self.any_deferred = False  # no call was ever left to the cache: none to look up in undefer
 
     @property
     def tag(self) -> str:
@@ -125,8 +127,7 @@ class Flows(Contention):
         Every call gets a lease of its own, whatever its run id.
         """
         run_id, messages, metadata, hint = call.run_id, call.messages, call.metadata, call.hint
-        event = call.event
-        if self.pending.has_event(run_id, event):
+        if self.pending.has_event(run_id, call.event):
             return None
         params = call.invocation_params or {}
         model = call_model_name(params, metadata, hint.model)
@@ -139,9 +140,9 @@ class Flows(Contention):
         else:
             inp = 8 + sum(estimate_text_tokens(p) for p in call.prompts or ())
         out = max_output_tokens(params, hint.profile_max, self.default_max_output_tokens)
-        amount = Amount(rates.worst_nanos(inp, out), inp + out, 1)
+        amount = _new(Amount, (rates.worst_nanos(inp, out), inp + out, 1))
         p = Pending(self._new_lease(), plan.refs, plan.labels, amount, rates, provider, inp, out)
-        p.owner, p.start, p.task = call.owner, event, current_task()
+        p.owner, p.start, p.task = call.owner, call.event, current_task()
         p.audio_in = messages is not None and has_audio_input(messages)
         p.prefix = prefix
         p.fit = hint.fit and self.fit_max_tokens
@@ -156,7 +157,7 @@ class Flows(Contention):
     def reserve(self, begun: Begun) -> Flow[None]:
         """Reserve a started call's worst case on every counter, all or nothing, or raise."""
         run_id, p, plan = begun
-        req = ReserveRequest(p.lease_id, plan.specs, p.amount, self.lease_ttl)
+        req = _new(ReserveRequest, (p.lease_id, plan.specs, p.amount, self.lease_ttl, False))
         try:
             result = yield from self._reserve_or_spool(req, plan.refs)
             if result is not None and not result.admitted:
@@ -195,13 +196,14 @@ class Flows(Contention):
         """Leave a call LangChain's cache will answer unreserved (no I/O); False to reserve it now."""
         if not call.deferred:
             return False
+        self.any_deferred = True
         begun.pending.deferred = begun
         begun.pending.ready = True  # its end (the cache's answer) closes it, with nothing to settle
         return True
 
     def undefer(self, run_id: UUID | None, owner: object) -> Begun | None:
         """The call left to the cache, if the model is called for it after all: to reserve now."""
-        p = self.pending.here(run_id, owner)
+        p = self.pending.here(run_id, owner) if self.any_deferred else None
         if p is None or not isinstance(p.deferred, Begun):
             return None
         begun, p.deferred, p.ready = p.deferred, None, False
@@ -325,11 +327,10 @@ class Flows(Contention):
                 rates = self._rates(served, p.provider)
             except LookupError:
                 _warn_unpriced(served, rates.model)
-        actual = Amount() if usage.cache_hit else Amount(rates.nanos(usage), usage.total_tokens, 1)
-        note = note_for(
-            rates.model, p.provider, usage, p.run_id, zip([r.scope for r in p.refs], p.labels, strict=False)
-        )
-        req = SettleRequest(p.lease_id, p.refs, actual, usage.estimated, not p.probe, note)
+        actual = Amount() if usage.cache_hit else _new(Amount, (rates.nanos(usage), usage.total_tokens, 1))
+        scopes = zip([r.scope for r in p.refs], p.labels, strict=False)
+        note = note_for(rates.model, p.provider, usage, p.run_id, scopes)
+        req = _new(SettleRequest, (p.lease_id, p.refs, actual, usage.estimated, not p.probe, note))
         began = time.time()
         outcome = yield from self._settle_or_spool(p, req)
         if not p.probe and actual.exceeds(p.amount):
@@ -395,7 +396,7 @@ class Flows(Contention):
             run_id=p.run_id,
             parent_run_id=p.parent_run_id,
             metadata=caller_metadata(p.metadata),
-            started_at=utc(p.started) if p.started else None,
+            started_at=datetime.fromtimestamp(p.started, timezone.utc) if p.started else None,
             ended_at=datetime.now(timezone.utc),
             reason=why,
         )
@@ -435,10 +436,6 @@ def caller_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     if not metadata:
         return {}
     return {k: v for k, v in metadata.items() if not k.startswith(("ls_", "budgetguard"))}
-
-
-def utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, timezone.utc)
 
 
 _unpriced_served: set[str] = set()

@@ -142,6 +142,8 @@ class PendingRuns:
         A stream's ``_stream`` gets no run manager: the call is the last one
         begun in this context, as the start event's handler ran in it.
         """
+        if not self._fits:  # none fitted (a call is fitted while it reserves, before its model runs)
+            return None
         with self._lock:
             if run_id is not None:
                 p = self._find(run_id, owner)

@@ -108,19 +108,37 @@ def _kind(kind: str) -> bytes:
     return encoded
 
 
+#: plain text links already hashed, by (parent, kind, text): a thread's earlier messages recur each turn
+_LINKS: dict[tuple[bytes, bytes, str], bytes] = {}
+
+
 def _link(parent: bytes, m: BaseMessage) -> bytes:
     kind = _KINDS.get(m.type) or _kind(m.type)  # a streamed reply is a chunk: the same message once sent back
     content = m.content
-    if isinstance(content, str):  # the common case, hashed without a JSON dump
-        h = hashlib.blake2b(parent + kind + b"\0s" + content.encode("utf-8", "surrogatepass"), digest_size=16)
-    else:
-        h = hashlib.blake2b(parent + kind + b"\0j" + _json(content), digest_size=16)
     calls = m.tool_calls if isinstance(m, AIMessage) else None
     call_id = m.tool_call_id if isinstance(m, ToolMessage) else None
-    if calls or m.name or call_id or m.additional_kwargs:
+    extra = calls or m.name or call_id or m.additional_kwargs
+    if isinstance(content, str) and not extra and len(content) <= 4096:  # the common case: a dict hit
+        key = (parent, kind, content)
+        digest = _LINKS.get(key)
+        if digest is None:
+            digest = _text_link(parent, kind, content).digest()
+            if len(_LINKS) >= 1024:
+                _LINKS.clear()
+            _LINKS[key] = digest
+        return digest
+    h = _text_link(parent, kind, content) if isinstance(content, str) else None
+    if h is None:
+        h = hashlib.blake2b(parent + kind + b"\0j" + _json(content), digest_size=16)
+    if extra:
         h.update(b"\0x")
         h.update(_json((calls, m.name, call_id, m.additional_kwargs)))
     return h.digest()
+
+
+def _text_link(parent: bytes, kind: bytes, content: str) -> Any:
+    """A text message's link, hashed without a JSON dump."""
+    return hashlib.blake2b(parent + kind + b"\0s" + content.encode("utf-8", "surrogatepass"), digest_size=16)
 
 
 def reply_bound(output_tokens: int) -> int:

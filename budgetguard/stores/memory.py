@@ -35,6 +35,7 @@ from .base import Connector, ReserveRequest, ReserveResult, SettleOutcome, Settl
 __all__ = ["MemoryConnector", "MemoryStore"]
 
 _Key = tuple[str, str, int]  # scope, per, window start
+_new = tuple.__new__  # a NamedTuple from all its fields, without its Python-level __new__
 
 
 @dataclass(slots=True)
@@ -231,7 +232,7 @@ class MemoryStore(Store):
         for key, before in zip(keys, befores, strict=True):
             st = self._counters.get(key)
             after = st.spent if st is not None else Amount()
-            charges.append(Charge(key[0], key[1], key[2], after - before))
+            charges.append(_new(Charge, (key[0], key[1], key[2], after - before)))
         rec = LedgerRecord(
             int(now * 1_000_000), outcome, lease_id, estimated, cost, tuple(charges), note or LedgerNote()
         )
@@ -306,7 +307,7 @@ class MemoryStore(Store):
             self._track(req.lease_id, _Lease(keys, amount, expires, eas))
             # Callers read states only to explain a refusal or a forced record.
             snapshot = tuple(replace(s) for s in states) if req.force else ()
-            return ReserveResult(True, snapshot, violation)
+            return _new(ReserveResult, (True, snapshot, violation))
 
     def settle(self, req: SettleRequest) -> SettleOutcome:
         with self._lock:

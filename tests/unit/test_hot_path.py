@@ -191,6 +191,21 @@ def test_the_params_digest_cache_gives_the_digest_of_the_slow_path() -> None:
     assert slow[0] == slow[1] and slow[2] != slow[3]
 
 
+def test_the_link_cache_gives_the_hash_of_the_slow_path() -> None:
+    import hashlib
+
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    parent = b"p" * 16
+    msgs = [HumanMessage("hi"), AIMessage("yo"), HumanMessage("x" * 5000), AIMessage("a", name="n")]
+    prefixes._LINKS.clear()
+    first = [prefixes._link(parent, m) for m in msgs]
+    assert [prefixes._link(parent, m) for m in msgs] == first  # from the cache where it applies
+    assert len(prefixes._LINKS) == 2  # plain text only, and not too long
+    want = hashlib.blake2b(parent + b"human\0shi", digest_size=16).digest()
+    assert first[0] == want and first[0] != prefixes._link(b"q" * 16, msgs[0])
+
+
 def _reference(specs: list[CounterSpec], states: list[CounterState], request: Amount) -> Violation | None:
     for i, (spec, s) in enumerate(zip(specs, states, strict=True)):
         for j in range(3):
