@@ -14,6 +14,7 @@ and ``AsyncBaseTracer`` share ``_TracerCore``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -241,7 +242,9 @@ class _Routed:
     def __get__(self, handler: BudgetGuardCallback | None, owner: type | None = None) -> Any:
         if handler is None:
             return self
-        return getattr(handler.async_twin if on_async_path() else handler.sync_twin, self.name)
+        # No event loop in this thread: no async dispatcher either (and no frames to walk).
+        async_path = asyncio._get_running_loop() is not None and on_async_path()
+        return getattr(handler.async_twin if async_path else handler.sync_twin, self.name)
 
 
 @quiet_refusals

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from langchain_core.messages import BaseMessage
@@ -33,9 +33,8 @@ class ModelHint:
     wait: bool = True  # a refusal by contention waits; False where a fallback is tried next
 
 
-@dataclass(frozen=True, slots=True)
-class CallStart:
-    """What a model call's start event says, before anything is sent."""
+class CallStart(NamedTuple):
+    """What a model call's start event says, before anything is sent (a tuple: one is made per call)."""
 
     run_id: UUID
     messages: Sequence[BaseMessage] | None  # a chat model's prompt

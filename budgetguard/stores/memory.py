@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 from ..definitions import LimitDef
 from ..errors import ConfigError
@@ -54,12 +55,13 @@ def _root(refs: Sequence[CounterRef]) -> str:
 class _Shape:
     """A reserve's counters as the store files them, and their keys in the current windows."""
 
-    __slots__ = ("eas", "hi", "keys", "lo", "refs", "root", "specs")
+    __slots__ = ("eas", "hi", "kept", "keys", "lo", "refs", "root", "specs")
 
     def __init__(self, specs: tuple[CounterSpec, ...]) -> None:
         self.specs = specs  # (held: the cache is keyed by its id)
         self.refs = tuple(spec.ref for spec in specs)
         self.eas = tuple(ref.expire_after for ref in self.refs)
+        self.kept = all(ea is None for ea in self.eas)  # no counter's deadline moves when it is used
         self.root = _root(self.refs)
         self.keys: tuple[_Key, ...] = ()
         self.lo, self.hi = math.inf, -math.inf  # the span of time the keys hold for (none yet)
@@ -292,17 +294,26 @@ class MemoryStore(Store):
             keys, eas = shape.keys, shape.eas
             counters = self._counters
             found = [counters.get(k) for k in keys]
-            states = [st or CounterState(window_start=k[2]) for st, k in zip(found, keys, strict=True)]
+            known = None not in found
+            states: list[CounterState] = (
+                cast("list[CounterState]", found)
+                if known
+                else [st or CounterState(k[2]) for st, k in zip(found, keys, strict=True)]
+            )
             violation = first_violation(req.counters, states, req.amount)
             if violation is not None and not req.force:
                 return ReserveResult(False, tuple(replace(s) for s in states), violation)
             amount = req.amount
-            for i, k in enumerate(keys):
-                st = found[i]
-                ea = eas[i]
-                if st is None or ea is not None:  # new, or its deadline moves: _state's slow path
-                    st = states[i] = self._state(k, now, ea)
-                apply_reserve(st, amount)
+            if known and shape.kept:  # every counter exists and keeps its deadline: _state has nothing to do
+                for state in states:
+                    apply_reserve(state, amount)
+            else:
+                for i, k in enumerate(keys):
+                    st = found[i]
+                    ea = eas[i]
+                    if st is None or ea is not None:  # new, or its deadline moves: _state's slow path
+                        st = states[i] = self._state(k, now, ea)
+                    apply_reserve(st, amount)
             expires = now + req.ttl
             self._track(req.lease_id, _Lease(keys, amount, expires, eas))
             # Callers read states only to explain a refusal or a forced record.
