@@ -77,6 +77,10 @@ _COUNT_AT = {
 }
 
 
+#: A unit as ``numerator`` walks it: its count's place (``_COUNT_AT``), rate, tiers and descendants.
+_Step = tuple[int, int, tuple[tuple[int, int], ...], tuple[int, ...]]
+
+
 class Price(BaseModel):
     """A user-supplied price, in USD per million tokens.
 
@@ -105,10 +109,6 @@ class _Unit:
     base: int
     tiers: tuple[tuple[int, int], ...]
     descendants: tuple[int, ...]
-    at: int = field(default=-3, init=False, repr=False, compare=False)  # its count's place: _COUNT_AT
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "at", _COUNT_AT.get(self.key, -3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +123,11 @@ class Rates:
     priced: bool = True  # False: no price was known (a tokens-only budget needs none); costs are 0
     #: the dearest input and output rates when no unit has tiers (``worst_nanos``'s answer, found once)
     _flat_worst: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
+    _plan: tuple[_Step, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        plan = tuple((_COUNT_AT.get(x.key, -3), x.base, x.tiers, x.descendants) for x in self.units)
+        object.__setattr__(self, "_plan", plan)
         if not any(unit.tiers for unit in self.units):
             object.__setattr__(self, "_flat_worst", self._dearest(0))
 
@@ -132,21 +135,19 @@ class Rates:
         """Cost times ``10**(scale+6)`` USD, exactly."""
         leaves: list[int] = []
         total = self.per_request * _MTOK
-        for unit in self.units:
-            at = unit.at
+        for at, rate, tiers, descendants in self._plan:
             if at >= 0:
                 leaf = u[at]
             elif at == -3 or not u.cache_write:  # the TTL split counts only under a cache write
                 leaf = 0
             else:
                 leaf = u.cache_write_1h if at == -2 else u.cache_write - u.cache_write_1h
-            for d in unit.descendants:
+            for d in descendants:
                 leaf -= leaves[d]
             if leaf < 0:
                 leaf = 0  # a contradictory report: never refund
             leaves.append(leaf)
-            rate = unit.base
-            for start, tier_rate in unit.tiers:
+            for start, tier_rate in tiers:
                 if u.input_tokens > start:
                     rate = tier_rate
             total += rate * leaf

@@ -105,7 +105,7 @@ class PendingRuns:
         """Add a call about to reserve; False if this start event was already claimed."""
         with self._lock:
             calls = self._runs.setdefault(run_id, [])
-            if pending.start is not None and any(p.start is pending.start for p in calls):
+            if calls and pending.start is not None and any(p.start is pending.start for p in calls):
                 return False
             calls.append(pending)
             _began.set(pending.lease_id)
