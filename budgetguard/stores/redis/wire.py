@@ -40,6 +40,17 @@ _SYNC = redis.Redis.execute_command
 _ASYNC = redis.asyncio.Redis.execute_command
 
 
+def _version() -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in redis.__version__.split(".")[:2])
+    except ValueError:
+        return (99,)
+
+
+#: redis-py before 5.3 wants a command name for ``get_connection``; later ones warn if given one.
+_POOL_ARGS: tuple[str, ...] = ("EVALSHA",) if _version() < (5, 3) else ()
+
+
 def plain(client: Any) -> bool:
     """Whether ``client`` is a plain pooled client nobody instrumented (checked per call: cheap)."""
     if client is None or "execute_command" in vars(client):
@@ -148,7 +159,7 @@ def send(client: Any, script: Any, packed: bytes) -> Any:
 
 def _send(client: Any, packed: bytes) -> Any:
     pool = client.connection_pool
-    conn = pool.get_connection("EVALSHA")
+    conn = pool.get_connection(*_POOL_ARGS)
     try:
 
         def do() -> Any:
@@ -177,7 +188,7 @@ async def asend(client: Any, script: Any, packed: bytes) -> Any:
 
 async def _asend(client: Any, packed: bytes) -> Any:
     pool = client.connection_pool
-    conn = await pool.get_connection("EVALSHA")
+    conn = await pool.get_connection(*_POOL_ARGS)
     try:
 
         async def do() -> Any:
