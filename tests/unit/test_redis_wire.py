@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from redis.exceptions import DataError
 
 from budgetguard.ledger import LedgerNote
 from budgetguard.reservation import Amount, Caps, CounterRef, CounterSpec
@@ -73,11 +74,13 @@ def test_only_plain_pooled_clients_take_the_packed_path() -> None:
     asyncio.run(asy.aclose())
 
 
-def test_the_packer_refuses_what_redis_py_would_not_encode_the_same() -> None:
-    p = wire.Packer(redis.Redis())
-    assert p.encode("é") == "é".encode() and p.encode(12) == b"12" and p.encode(b"x") == b"x"
-    with pytest.raises(TypeError):
-        p.encode(True)
-    with pytest.raises(TypeError):
-        p.encode(1.5)
+def test_the_packer_encodes_as_the_clients_encoder() -> None:
+    for client in (redis.Redis(), redis.Redis(encoding="latin-1", encoding_errors="replace")):
+        p, enc = wire.Packer(client), client.get_encoder()
+        for v in ("é", "", "€", 12, -3, 2**70, b"x", 1.5):
+            assert p.encode(v) == enc.encode(v), v
+            packed = client.connection_pool.make_connection().pack_command("X", v, v)
+            assert b"*3\r\n$1\r\nX\r\n" + p.args([v, v]) == b"".join(packed)
+        with pytest.raises(DataError):
+            p.encode(True)
     assert codec.settle_head(SettleRequest("l", (), Amount(), False), "")[0] == ""

@@ -24,7 +24,7 @@ tests that count commands) keep the ``Script`` call.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
@@ -69,26 +69,33 @@ def bulk(values: Sequence[bytes]) -> bytes:
 
 
 class Packer:
-    """Encodes arguments as the client's encoder would (``str`` by its encoding, ``int`` as decimal)."""
+    """Encodes arguments as the client's encoder does: ``str`` by its encoding, ``int`` as decimal
+    (exactly those two inline, anything else by the encoder itself)."""
 
-    __slots__ = ("encoding", "errors")
+    __slots__ = ("encoder", "encoding", "errors")
 
     def __init__(self, client: Any) -> None:
-        enc = client.get_encoder()
-        self.encoding: str = enc.encoding
-        self.errors: str = enc.encoding_errors
+        self.encoder = client.get_encoder()
+        self.encoding: str = self.encoder.encoding
+        self.errors: str = self.encoder.encoding_errors
 
     def encode(self, v: Any) -> bytes:
-        if isinstance(v, bytes):
-            return v
-        if isinstance(v, str):
-            return v.encode(self.encoding, self.errors)
-        if isinstance(v, int) and not isinstance(v, bool):
+        t = type(v)
+        if t is str:
+            return cast(bytes, v.encode(self.encoding, self.errors))
+        if t is int:
             return b"%d" % v
-        raise TypeError(f"cannot send {type(v).__name__} to a script")
+        return cast(bytes, self.encoder.encode(v))
 
     def args(self, values: Sequence[Any]) -> bytes:
-        return bulk([self.encode(v) for v in values])
+        """``values`` as RESP bulk strings, back to back."""
+        out = []
+        encoding, errors = self.encoding, self.errors
+        for v in values:
+            t = type(v)
+            b = v.encode(encoding, errors) if t is str else b"%d" % v if t is int else self.encode(v)
+            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        return b"".join(out)
 
 
 Bases = Callable[[Sequence[str]], tuple[list[str], list[int]]]
