@@ -84,3 +84,12 @@ def test_the_packer_encodes_as_the_clients_encoder() -> None:
         with pytest.raises(DataError):
             p.encode(True)
     assert codec.settle_head(SettleRequest("l", (), Amount(), False), "")[0] == ""
+
+
+def test_a_class_level_wrapper_keeps_every_call_on_redis_pys_path() -> None:
+    def traced(*args: Any, **kw: Any) -> Any:
+        return None
+
+    traced.__wrapped__ = redis.Redis.execute_command  # type: ignore[attr-defined]  # as wrapt leaves it
+    assert wire._own(traced) is None
+    assert wire._own(redis.Redis.execute_command) is redis.Redis.execute_command

@@ -36,8 +36,15 @@ from . import codec
 
 __all__ = ["Hot", "Packer", "asend", "bulk", "plain", "send"]
 
-_SYNC = redis.Redis.execute_command
-_ASYNC = redis.asyncio.Redis.execute_command
+
+def _own(method: Any) -> Any:
+    """redis-py's own ``execute_command``; ``None`` if something (e.g. a tracing library, through
+    ``wrapt``) already wrapped it at class level: then every call keeps that path."""
+    return None if hasattr(method, "__wrapped__") else method
+
+
+_SYNC = _own(redis.Redis.execute_command)
+_ASYNC = _own(redis.asyncio.Redis.execute_command)
 
 
 def _version() -> tuple[int, ...]:
