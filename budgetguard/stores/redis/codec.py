@@ -36,6 +36,9 @@ __all__ = [
     "reserve_tail",
     "root_tag",
     "settle_args",
+    "settle_head",
+    "settle_middle",
+    "settle_note",
     "status_args",
 ]
 
@@ -127,14 +130,32 @@ def settle_args(
     Last, the ledger's: its retention (maxlen, age in ms) and the record's note (JSON); none
     (no record written) when ``ledger`` is empty.
     """
+    args = settle_head(req, now) + settle_middle(req.counters, mode, index, tombstone_ttl, grace, settled_cap)
+    return [*args, *ledger, *settle_note(req)] if ledger else args
+
+
+def settle_head(req: SettleRequest, now: str) -> list[Any]:
+    """The settle arguments of one request: time, lease, actual amount, the two flags."""
     a = req.actual
-    args: list[Any] = [now, req.lease_id, a.nanos, a.tokens, a.requests]
-    args += ["1" if req.estimated else "0", "1" if req.count_overshoot else "0"]
-    args += [tombstone_ttl, grace, mode, len(req.counters), settled_cap]
-    args += _refs(req.counters, index)
-    if ledger:
-        args += [*ledger, "" if req.note is None else req.note.to_json()]
-    return args
+    flags = ["1" if req.estimated else "0", "1" if req.count_overshoot else "0"]
+    return [now, req.lease_id, a.nanos, a.tokens, a.requests, *flags]
+
+
+def settle_middle(
+    refs: Sequence[CounterRef],
+    mode: SettleMode,
+    index: Sequence[int],
+    tombstone_ttl: int,
+    grace: int,
+    cap: int,
+) -> list[Any]:
+    """The settle arguments that depend only on the counters and the mode (then the ledger's)."""
+    return [tombstone_ttl, grace, mode, len(refs), cap, *_refs(refs, index)]
+
+
+def settle_note(req: SettleRequest) -> list[str]:
+    """The ledger record's note (JSON, '' for none): the last argument when a ledger is kept."""
+    return ["" if req.note is None else req.note.to_json()]
 
 
 def status_args(

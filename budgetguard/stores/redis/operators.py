@@ -37,8 +37,19 @@ class OperatorReads:
     _clock: Callable[[], float]
     _roots: Roots
     _ledger_roots: LedgerRoots
+    _ledger: tuple[int, int]
     _call: Callable[..., Any]
     _acall: Callable[..., Any]
+    _bases: Callable[[Sequence[str]], tuple[list[str], list[int]]]
+    _now: Callable[[], str]
+
+    def reset(self, scope: str) -> int:
+        keys, _ = self._bases([scope])
+        return int(self._call("reset", keys, [self._now(), scope, *self._ledger]))
+
+    async def areset(self, scope: str) -> int:
+        keys, _ = self._bases([scope])
+        return int(await self._acall("reset", keys, [self._now(), scope, *self._ledger]))
 
     def _define_args(self, defs: Sequence[LimitDef]) -> tuple[list[str], list[Any]]:
         return [f"{self.prefix}limits"], [int(self._clock()), *(encode_def(d) for d in defs)]

@@ -13,7 +13,7 @@ from typing import Any
 
 from ...errors import ConfigError
 
-__all__ = ["SAFE", "policies", "refuse_eviction"]
+__all__ = ["SAFE", "check_ledger", "check_store", "policies", "refuse_eviction"]
 
 logger = logging.getLogger("budgetguard")
 
@@ -50,3 +50,24 @@ def refuse_eviction(info: Any, label: str) -> None:
             "parameter group), or give budgetguard a dedicated instance that has it; to accept the "
             "risk, pass RedisStore(..., allow_eviction=True) or add ?allow_eviction=true to the URL."
         )
+
+
+def check_store(client: Any, async_client: Any, prefix: str, timeout: float, attempts: int) -> None:
+    """Refuse a store that could never work, before any connection is tried."""
+    if client is None and async_client is None:
+        raise ConfigError(
+            "RedisStore needs client= (redis.Redis) and/or async_client=, or use RedisStore.from_url"
+        )
+    if "{" in prefix or "}" in prefix:
+        raise ConfigError(f"prefix {prefix!r} must not contain braces: the store adds the hash tags itself")
+    if not timeout > 0 or attempts < 1:
+        raise ConfigError("timeout must be > 0 seconds and attempts >= 1")
+
+
+def check_ledger(maxlen: Any, age: Any) -> None:
+    if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 0:
+        raise ConfigError(
+            f"ledger_maxlen must be a number of records per root (0: no ledger), got {maxlen!r}"
+        )
+    if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float)) or not age > 0):
+        raise ConfigError(f"ledger_age must be a positive number of seconds or None, got {age!r}")

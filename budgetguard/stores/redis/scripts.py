@@ -7,10 +7,11 @@ The ``.lua`` files live in ``lua/`` inside the package (found with
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 from .codec import FIELDS
 
-__all__ = ["NAMES", "SOURCES", "fields_line", "source"]
+__all__ = ["NAMES", "SOURCES", "fields_line", "register", "source"]
 
 NAMES = ("reserve", "settle", "status", "reset", "define", "unreserve")
 
@@ -29,3 +30,8 @@ def source(name: str) -> str:
 
 
 SOURCES = {name: source(name) for name in NAMES}
+
+
+def register(client: Any) -> dict[str, Any]:
+    """The scripts registered on ``client`` (sent by EVALSHA, reloaded after NOSCRIPT)."""
+    return {name: client.register_script(src) for name, src in SOURCES.items()} if client else {}

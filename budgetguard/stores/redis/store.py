@@ -16,15 +16,15 @@ from ...ledger import DEFAULT_AGE, DEFAULT_MAXLEN
 from ...reservation import Amount, CounterRef, CounterSpec, CounterState
 from .. import registry
 from ..base import ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
-from . import codec
+from . import codec, wire
 from .calls import FAILURES, mapped
 from .clients import describe, is_cluster, spool_key, sync_twin
 from .connectors import RedisConnector, Target, store_options
 from .ledger import LedgerRoots
 from .operators import OperatorReads
-from .policy import refuse_eviction
+from .policy import check_ledger, check_store, refuse_eviction
 from .roots import Roots
-from .scripts import SOURCES
+from .scripts import register
 from .slots import Flow, Group, Slotted, groups
 
 __all__ = ["RedisStore"]
@@ -84,8 +84,8 @@ class RedisStore(OperatorReads, Store):
         ledger_maxlen: int = DEFAULT_MAXLEN,
         ledger_age: float | None = DEFAULT_AGE,
     ) -> None:
-        _check(client, async_client, prefix, timeout, attempts)
-        _check_ledger(ledger_maxlen, ledger_age)
+        check_store(client, async_client, prefix, timeout, attempts)
+        check_ledger(ledger_maxlen, ledger_age)
         if isinstance(settled_cap, bool) or not isinstance(settled_cap, int) or settled_cap < 1:
             raise ConfigError(f"settled_cap must be a positive number of lease ids, got {settled_cap!r}")
         if client is None:
@@ -105,8 +105,8 @@ class RedisStore(OperatorReads, Store):
         self.label = label or describe(client if client is not None else async_client, self.cluster)
         self.allow_eviction = bool(allow_eviction)
         self._policy_ok = self.allow_eviction  # checked on the first operation: constructors do no I/O
-        self._sync_scripts = _register(client)
-        self._async_scripts = _register(async_client)
+        self._sync_scripts = register(client)
+        self._async_scripts = register(async_client)
         self._roots = Roots(prefix)
         self.spool_key = spool_key(client if client is not None else async_client, prefix, self.label)
         self._tails: dict[tuple[CounterSpec, ...], tuple[list[str], list[bytes]]] = {}
@@ -116,6 +116,9 @@ class RedisStore(OperatorReads, Store):
         self._ledger_roots = LedgerRoots(prefix, self.ledger_age)
         self._groups: dict[tuple[str, ...], list[Group] | None] = {}
         self._slotted = Slotted(self._now, self.tombstone_ttl, self.grace, self.settled_cap, self._ledger)
+        hot = (self._bases, self.tombstone_ttl, self.grace, self.settled_cap, self._ledger)
+        self._hot = wire.Hot(client, *hot) if client is not None else None
+        self._ahot = wire.Hot(async_client, *hot) if async_client is not None else None
 
     def __repr__(self) -> str:
         return f"RedisStore({self.label}, prefix={self.prefix!r})"  # never the URL: it may hold a password
@@ -170,36 +173,50 @@ class RedisStore(OperatorReads, Store):
     def _bases(self, scopes: Sequence[str]) -> tuple[list[str], list[int]]:
         return codec.key_bases(self.prefix, scopes, self.cluster)
 
-    def _call(self, name: str, keys: list[str], args: list[Any], operation: str = "") -> Any:
+    def _call(
+        self, name: str, keys: list[str], args: list[Any], operation: str = "", packed: bytes | None = None
+    ) -> Any:
         if not self._sync_scripts:
             raise ConfigError("this RedisStore has only an asyncio client; pass client= for sync calls")
         script = self._sync_scripts[name]
+        start = time.monotonic()
+        try:  # the common case: one attempt, no retry machinery
+            return self._run(script, keys, args, packed)
+        except FAILURES as e:
+            first = e
         with mapped(self.label, self.timeout, self.attempts, operation or name) as call:
-            try:  # the common case: one attempt, no retry machinery
-                return self._run(script, keys, args)
-            except FAILURES as e:
-                retrying = Retrying(**call.retry_policy(e))
-            return retrying(self._run, script, keys, args)
+            call.start = start
+            retrying = Retrying(**call.retry_policy(first))
+            return retrying(self._run, script, keys, args, packed)
 
-    async def _acall(self, name: str, keys: list[str], args: list[Any], operation: str = "") -> Any:
+    async def _acall(
+        self, name: str, keys: list[str], args: list[Any], operation: str = "", packed: bytes | None = None
+    ) -> Any:
         if not self._async_scripts:
             return await asyncio.to_thread(self._call, name, keys, args, operation)
         script = self._async_scripts[name]
+        start = time.monotonic()
+        try:
+            return await self._arun(script, keys, args, packed)
+        except FAILURES as e:
+            first = e
         with mapped(self.label, self.timeout, self.attempts, operation or name) as call:
-            try:
-                return await self._arun(script, keys, args)
-            except FAILURES as e:
-                retrying = AsyncRetrying(**call.retry_policy(e))
-            return await retrying(self._arun, script, keys, args)
+            call.start = start
+            retrying = AsyncRetrying(**call.retry_policy(first))
+            return await retrying(self._arun, script, keys, args, packed)
 
-    def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    def _run(self, script: Any, keys: list[str], args: list[Any], packed: bytes | None = None) -> Any:
         if not self._policy_ok:
             self._check_policy(self.client.info("memory"))
+        if packed is not None:  # wire.plain(client) held when it was packed
+            return wire.send(self.client, script, packed)
         return script(keys=keys, args=args)
 
-    async def _arun(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _arun(self, script: Any, keys: list[str], args: list[Any], packed: bytes | None = None) -> Any:
         if not self._policy_ok:
             self._check_policy(await self.async_client.info("memory"))
+        if packed is not None:
+            return await wire.asend(self.async_client, script, packed)
         return await script(keys=keys, args=args)
 
     def _check_policy(self, info: Any) -> None:
@@ -270,9 +287,8 @@ class RedisStore(OperatorReads, Store):
 
     def _status_args(self, refs: Sequence[CounterRef]) -> tuple[list[str], list[Any]]:
         bases, index = self._bases([r.scope for r in refs])
-        return bases, codec.status_args(
-            refs, index, self._now(), self.tombstone_ttl, self.grace, self._ledger
-        )
+        now, ttl = self._now(), self.tombstone_ttl
+        return bases, codec.status_args(refs, index, now, ttl, self.grace, self._ledger)
 
     # ------------------------------------------------------------ the roots registry (roots.py)
 
@@ -321,6 +337,9 @@ class RedisStore(OperatorReads, Store):
         plan = self._plan([s.ref.scope for s in req.counters]) if self.cluster else None
         if plan is not None:
             result = self._drive(self._slotted.reserve(req, plan), "reserve")
+        elif self._hot is not None and wire.plain(self.client):
+            packed = self._hot.reserve(self._sync_scripts["reserve"].sha, req, self._now())
+            result = codec.decode_reserve(self._call("reserve", [], [], "", packed))
         else:
             keys, args = self._reserve_args(req)
             result = codec.decode_reserve(self._call("reserve", keys, args))
@@ -332,6 +351,9 @@ class RedisStore(OperatorReads, Store):
         plan = self._plan([s.ref.scope for s in req.counters]) if self.cluster else None
         if plan is not None:
             result = await self._adrive(self._slotted.reserve(req, plan), "reserve")
+        elif self._ahot is not None and wire.plain(self.async_client):
+            packed = self._ahot.reserve(self._async_scripts["reserve"].sha, req, self._now())
+            result = codec.decode_reserve(await self._acall("reserve", [], [], "", packed))
         else:
             keys, args = self._reserve_args(req)
             result = codec.decode_reserve(await self._acall("reserve", keys, args))
@@ -343,6 +365,9 @@ class RedisStore(OperatorReads, Store):
         plan = self._plan([r.scope for r in req.counters]) if self.cluster else None
         if plan is not None:
             out: str = self._drive(self._slotted.settle(req, plan, "settle"), "settle")
+        elif self._hot is not None and wire.plain(self.client):
+            packed = self._hot.settle(self._sync_scripts["settle"].sha, req, self._now())
+            out = codec.decode_text(self._call("settle", [], [], "", packed))
         else:
             keys, args = self._settle_args(req, "settle")
             out = codec.decode_text(self._call("settle", keys, args))
@@ -354,6 +379,9 @@ class RedisStore(OperatorReads, Store):
         plan = self._plan([r.scope for r in req.counters]) if self.cluster else None
         if plan is not None:
             out: str = await self._adrive(self._slotted.settle(req, plan, "settle"), "settle")
+        elif self._ahot is not None and wire.plain(self.async_client):
+            packed = self._ahot.settle(self._async_scripts["settle"].sha, req, self._now())
+            out = codec.decode_text(await self._acall("settle", [], [], "", packed))
         else:
             keys, args = self._settle_args(req, "settle")
             out = codec.decode_text(await self._acall("settle", keys, args))
@@ -396,14 +424,6 @@ class RedisStore(OperatorReads, Store):
         keys, args = self._status_args(refs)
         return list(codec.decode_states(await self._acall("status", keys, args), 0))
 
-    def reset(self, scope: str) -> int:
-        keys, _ = self._bases([scope])
-        return int(self._call("reset", keys, [self._now(), scope, *self._ledger]))
-
-    async def areset(self, scope: str) -> int:
-        keys, _ = self._bases([scope])
-        return int(await self._acall("reset", keys, [self._now(), scope, *self._ledger]))
-
     def ping(self) -> float:
         """One round trip (PING, or on a first contact the eviction check's INFO), no retry;
         seconds taken. Raises ``BudgetStoreUnavailable`` or ``ConfigError`` naming the fix."""
@@ -431,29 +451,3 @@ class RedisStore(OperatorReads, Store):
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
-
-
-def _check(client: Any, async_client: Any, prefix: str, timeout: float, attempts: int) -> None:
-    """Refuse a store that could never work, before any connection is tried."""
-    if client is None and async_client is None:
-        raise ConfigError(
-            "RedisStore needs client= (redis.Redis) and/or async_client=, or use RedisStore.from_url"
-        )
-    if "{" in prefix or "}" in prefix:
-        raise ConfigError(f"prefix {prefix!r} must not contain braces: the store adds the hash tags itself")
-    if not timeout > 0 or attempts < 1:
-        raise ConfigError("timeout must be > 0 seconds and attempts >= 1")
-
-
-def _check_ledger(maxlen: Any, age: Any) -> None:
-    if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 0:
-        raise ConfigError(
-            f"ledger_maxlen must be a number of records per root (0: no ledger), got {maxlen!r}"
-        )
-    if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float)) or not age > 0):
-        raise ConfigError(f"ledger_age must be a positive number of seconds or None, got {age!r}")
-
-
-def _register(client: Any) -> dict[str, Any]:
-    """The scripts registered on ``client`` (sent by EVALSHA, reloaded after NOSCRIPT)."""
-    return {name: client.register_script(src) for name, src in SOURCES.items()} if client else {}
