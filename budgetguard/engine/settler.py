@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import threading
 import weakref
@@ -60,6 +61,7 @@ class Settler:
         self._finished = 0
         self._thread: threading.Thread | None = None
         self._registered = False  # the exit's drain
+        self._pid = os.getpid()
         self.inline = 0  # settles run in the caller because the queue was full (backpressure)
 
     @property
@@ -92,6 +94,8 @@ class Settler:
         """
         if type(op) is not Settle or self.driver.state.breaker.is_open():
             return False
+        if self._pid != os.getpid():
+            self._forked()
         with self._lock:
             try:
                 self._queue.put_nowait((flow, op))
@@ -105,6 +109,8 @@ class Settler:
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every settle handed over before this call has run; False if ``timeout`` ran out."""
+        if self._pid != os.getpid():
+            return True  # a forked child: what the parent queued is the parent's to wait for
         target = self._submitted
         if self._finished >= target:
             return True
@@ -123,6 +129,15 @@ class Settler:
         if not self._registered:
             self._registered = True
             atexit.register(_drain_at_exit, weakref.ref(self))
+
+    def _forked(self) -> None:
+        """In a child process (``os.fork``): the parent's thread is not here, nor are its settles."""
+        self._lock = threading.Lock()
+        self._done = threading.Condition(threading.Lock())
+        self._queue = queue.Queue(self._queue.maxsize)
+        self._submitted = self._finished = 0
+        self._thread = None
+        self._pid = os.getpid()
 
     def _idle_exit(self) -> bool:
         """The thread found nothing to do for a while: stop it, unless an item just arrived."""

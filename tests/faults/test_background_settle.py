@@ -110,6 +110,7 @@ def test_a_stalled_background_settle_is_spooled_and_replayed_once(proxy: StallPr
     guard, records = background(proxy.url, tmp_path, store_timeout=0.3)
     guarded = guard.wrap(fake())
     guarded.invoke("before")
+    assert guard.flush(10)  # its settle landed: only the next one meets the stall
     chunks = []
     for chunk in guarded.stream("the store stalls while this streams"):
         if not chunks:
@@ -208,3 +209,29 @@ def test_the_setting_is_checked_and_applies_to_network_stores_only(
         BudgetGuard(limit_usd=1, store=fresh_redis.url, spool_dir=tmp_path, settle="inline").engine.settler
         is None
     )
+
+
+def _child_calls(url: str, spool_dir: str, out: Any) -> None:
+    guard = _FORKED["guard"]
+    guard.wrap(fake()).invoke("in the child")
+    out.put(totals(guard)["requests"])  # must not wait for the parent's thread, which is not here
+
+
+_FORKED: dict[str, BudgetGuard] = {}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_forked_child_settles_with_a_thread_of_its_own(fresh_redis: RedisServer, tmp_path: Path) -> None:
+    import multiprocessing
+
+    guard, _ = background(fresh_redis.url, tmp_path)
+    guard.wrap(fake()).invoke("in the parent")  # the parent's thread is started
+    _FORKED["guard"] = guard
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_child_calls, args=(fresh_redis.url, str(tmp_path), out))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert out.get(timeout=5) == (2, 0)
+    assert guard.flush(10) and totals(guard)["requests"] == (2, 0)
