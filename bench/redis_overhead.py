@@ -16,12 +16,13 @@ By default it starts its own redis-server on a free loopback port and stops
 it at the end; ``--url redis://host:port/db`` uses an existing server (keys
 go under a unique prefix and are deleted afterwards).
 
-``--settle background`` measures the guard with ``settle="background"``;
+``--settle background`` measures the guard with ``settle="background"``
+(``--settle both``: an inline and a background guard side by side);
 ``--gap-ms MS`` pauses (untimed) before each call and times each call alone,
 as model calls, spaced by the model's own latency, are.
 
 Run: ``python bench/redis_overhead.py [--url URL] [--rounds N] [--calls N]
-[--settle background] [--gap-ms MS]``.
+[--settle background|both] [--gap-ms MS]``.
 """
 
 from __future__ import annotations
@@ -193,8 +194,12 @@ def run(url: str, rounds: int, calls: int, own: bool, settle: str = "inline") ->
     admin = redis.Redis.from_url(url)
 
     bare = FakeChatModel(model_name="gpt-4o-mini", max_tokens=256)
-    redis_guard = BudgetGuard(limit_usd=10**9, store=store, settle=cast(Settle, settle))
+    both = settle == "both"
+    redis_guard = BudgetGuard(limit_usd=10**9, store=store, settle=cast(Settle, "inline" if both else settle))
     guarded = redis_guard.wrap(bare)
+    bg_store = RedisStore.from_url(url, prefix=prefix + "bg:")
+    bg_guard = BudgetGuard(limit_usd=10**9, store=bg_store, settle="background")
+    bg_guarded = bg_guard.wrap(bare)
     handlers = getattr(guarded, "callbacks", None) or []
     mem_guarded = BudgetGuard(limit_usd=10**9).wrap(bare)
 
@@ -226,6 +231,10 @@ def run(url: str, rounds: int, calls: int, own: bool, settle: str = "inline") ->
         "store reserve+settle, sync": direct_sync,
         "store areserve+asettle, async": direct_async,
     }
+    if both:  # side by side with the inline guard: the same server, the same rounds
+        variants["guarded invoke, RedisStore bg"] = lambda: bg_guarded.invoke(PROMPT)
+        variants["guarded ainvoke, RedisStore bg"] = lambda: bg_guarded.ainvoke(PROMPT)
+    guards = {"RedisStore": redis_guard, "RedisStore bg": bg_guard}
     is_async = {name: ("async" in name or "ainvoke" in name) for name in variants}
 
     loop = asyncio.new_event_loop()  # one loop for the whole run (not asyncio.Runner: Python 3.10)
@@ -236,12 +245,13 @@ def run(url: str, rounds: int, calls: int, own: bool, settle: str = "inline") ->
             per_call = loop.run_until_complete(time_async(cast(AsyncFn, fn), n))
         else:
             per_call = time_sync(fn, n)
-        settler = redis_guard.engine.settler
-        if "RedisStore" in name and settler is not None and not settler.idle:
+        guard = guards.get(name.split(", ", 1)[-1])
+        settler = None if guard is None else guard.engine.settler
+        if guard is not None and settler is not None and not settler.idle:
             # background settles still queued are this sample's work: timed (back to back, a backlog
             # builds up; with --gap-ms they ran in the gaps and this is nearly free)
             t = time.perf_counter()
-            redis_guard.flush()
+            guard.flush()
             per_call += (time.perf_counter() - t) / n * 1e6
         return per_call
 
@@ -280,6 +290,7 @@ def run(url: str, rounds: int, calls: int, own: bool, settle: str = "inline") ->
         gc.unfreeze()
         loop.run_until_complete(ping_async.aclose())
         loop.run_until_complete(store.async_client.aclose())
+        loop.run_until_complete(bg_store.async_client.aclose())
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
     report(
@@ -309,6 +320,7 @@ def run(url: str, rounds: int, calls: int, own: bool, settle: str = "inline") ->
     for c in (ping_sync, admin):
         c.close()
     store.close()
+    bg_store.close()
 
 
 async def _repeat(fn: AsyncFn, n: int) -> None:
@@ -348,12 +360,13 @@ def report(
     print("guard overhead = guarded minus bare (median of per-round differences)")
     print(f"{'':<32} {'us/call':>10} {'PING RTTs':>10}   target <= {TARGET_RTTS:g} RTTs")
     verdicts = []
-    for store_name in ("RedisStore", "MemoryStore"):
+    stores = ("RedisStore", "RedisStore bg", "MemoryStore")
+    for store_name in (s for s in stores if f"guarded invoke, {s}" in samples):
         for mode, call in (("sync", "invoke"), ("async", "ainvoke")):
             over = paired(f"guarded {call}, {store_name}", f"bare {call}")
             rtts = over / rtt[mode]
             label = f"{mode} {call}, {store_name}"
-            if store_name == "RedisStore":
+            if store_name.startswith("RedisStore"):
                 ok = rtts <= TARGET_RTTS
                 verdicts.append(ok)
                 verdict = "MEETS" if ok else "MISSES"
@@ -407,9 +420,10 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=200, help="calls per variant per round (default 200)")
     ap.add_argument(
         "--settle",
-        choices=("inline", "background"),
+        choices=("inline", "background", "both"),
         default="inline",
-        help="the RedisStore guard's settle= (default inline, the guard's default)",
+        help="the RedisStore guard's settle= (default inline, the guard's default); both: an inline "
+        "and a background guard side by side ('RedisStore bg')",
     )
     ap.add_argument(
         "--gap-ms",
