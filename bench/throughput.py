@@ -14,7 +14,7 @@ By default it starts its own redis-server on a free loopback port (``--url``
 uses an existing one, under a unique key prefix, deleted afterwards).
 ``--quick`` runs each case for a fraction of a second (the smoke test).
 
-Run: ``python bench/throughput.py [--url URL] [--seconds S] [--quick]``.
+Run: ``python bench/throughput.py [--url URL] [--seconds S] [--quick] [--settle background]``.
 """
 
 from __future__ import annotations
@@ -49,8 +49,16 @@ def _store(url: str, prefix: str) -> RedisStore:
     return RedisStore.from_url(url, prefix=prefix, max_connections=80)
 
 
+#: the guards' settle= (``--settle``), through the environment so spawned processes see it too
+SETTLE_ENV = "BUDGETGUARD_BENCH_SETTLE"
+
+
 def _guard(url: str, prefix: str, spool: str) -> tuple[BudgetGuard, Any]:
-    guard = BudgetGuard(limit_usd=10**9, store=_store(url, prefix), spool_dir=spool)
+    background = os.environ.get(SETTLE_ENV) == "background"
+    store = _store(url, prefix)
+    guard = BudgetGuard(
+        limit_usd=10**9, store=store, spool_dir=spool, settle="background" if background else "inline"
+    )
     return guard, guard.wrap(FakeChatModel(model_name="gpt-4o-mini", max_tokens=256))
 
 
@@ -209,7 +217,15 @@ def main() -> None:
     ap.add_argument("--url", help="use this Redis (redis://host:port/db) instead of starting one")
     ap.add_argument("--seconds", type=float, default=3.0, help="how long each case runs (default 3)")
     ap.add_argument("--quick", action="store_true", help="0.3 s per case: a smoke run, not a measurement")
+    ap.add_argument(
+        "--settle",
+        choices=("inline", "background"),
+        default="inline",
+        help="the guards' settle= (default inline, the guard's default)",
+    )
     args = ap.parse_args()
+    os.environ[SETTLE_ENV] = args.settle
+    print(f"settle={args.settle!r}")
     seconds = 0.3 if args.quick else args.seconds
     if seconds <= 0:
         ap.error("--seconds must be > 0")

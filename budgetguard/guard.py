@@ -77,6 +77,7 @@ class BudgetGuard(Runnable[Any, Any]):
         on_store_error: Literal["closed", "open"] = "closed",
         store_timeout: float = 1.0,
         spool_dir: str | os.PathLike[str] | None = None,
+        settle: Literal["inline", "background"] = "inline",
         token_counter: str | InputCounter | None = None,
         alerts: Sequence[float] = (),
         on_alert: AlertCallback | None = None,
@@ -96,6 +97,7 @@ class BudgetGuard(Runnable[Any, Any]):
             on_record=settings.on_record,
             on_store_error=settings.on_store_error,
             token_counter=settings.token_counter,
+            settle=settings.settle,
         )
         self.engine = Engine(settings.limits, settings.store, config, settings.spool())
         self.engine.flows.watch = make_watch(settings.alerts, settings.on_alert)  # OTel, alerts
@@ -201,6 +203,17 @@ class BudgetGuard(Runnable[Any, Any]):
 
     async def aremaining(self, **metadata: Any) -> BudgetStatus:
         return await self.engine.astatus(metadata)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for the settles left to the background (``settle="background"``) before now.
+
+        ``remaining()``, ``reset()`` and ``replay_spool()`` do this themselves, and so
+        does the process's exit; False if ``timeout`` (seconds) ran out first.
+        """
+        return self.engine.settled(timeout)
+
+    async def aflush(self, timeout: float | None = None) -> bool:
+        return await self.engine.asettled(timeout)
 
     def health(self) -> Health:
         """For readiness probes: one round trip to the store, bounded by its timeout; never raises

@@ -102,6 +102,8 @@ class GuardSettings(BaseModel):
     on_store_error: SkipValidation[Literal["closed", "open"]] = "closed"
     store_timeout: SkipValidation[float] = 1.0
     spool_dir: SkipValidation[str | os.PathLike[str] | None] = None
+    #: "background": a network store's settles leave the caller's path (``engine/settler.py``); "inline"
+    settle: SkipValidation[Literal["inline", "background"]] = "inline"
     #: fractions of a limit at which ``on_alert`` is called, once per scope, window and threshold
     alerts: SkipValidation[tuple[float, ...]] = ()
     on_alert: SkipValidation[Callable[[Any], Any] | None] = Field(default=None, validate_default=True)
@@ -193,6 +195,15 @@ class GuardSettings(BaseModel):
         if v not in ("closed", "open"):
             raise ConfigError(
                 f"on_store_error must be 'closed' (refuse calls) or 'open' (allow and spool), got {v!r}"
+            )
+        return v
+
+    @_check("settle")
+    def _settle(cls, v: Any) -> Any:
+        if v not in ("inline", "background"):
+            raise ConfigError(
+                "settle must be 'background' (a network store settles after the call returns, off its "
+                f"path) or 'inline' (the caller waits for the settle), got {v!r}"
             )
         return v
 

@@ -31,6 +31,7 @@ from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
 from .pipe import PipeFlows
 from .plans import CallStart, ModelHint, Plan, Planner
+from .settler import Settler
 
 __all__ = ["CallStart", "Engine", "EngineConfig", "ModelHint", "Plan"]
 
@@ -51,15 +52,20 @@ class Engine:
         self.store = store
         self.spool = spool
         self.pending = PendingRuns()
+        config = config or EngineConfig()
         self.flows = PipeFlows(
             Planner(self.limits),
             self.pending,
-            config or EngineConfig(),
+            config,
             None if spool is None else spool.dir,
         )
         state = DriverState(store, spool)
         self._sync = SyncDriver(state)
         self._async = AsyncDriver(state)
+        #: settles off the caller's path: a network store with a spool (a fault there is never lost)
+        self.settler: Settler | None = None
+        if config.settle == "background" and store.blocking and store.supports_sync and spool is not None:
+            self.settler = Settler(self._sync)
         self._tasks: set[asyncio.Task[None]] = set()  # closing cancelled calls, in the background
         self.pending.on_abandoned = self._abandoned
         self._priced = False  # a model was noted: minimal_nanos is its price, not the 1-nano default
@@ -128,10 +134,41 @@ class Engine:
         self.flows.observe(run_id, chunk_message, text, owner)
 
     def end(self, run_id: UUID, response: LLMResult, owner: object = None) -> CallRecord | None:
-        return self._sync.run(self.flows.end(run_id, response, owner))
+        """Settle a call; ``None`` when its settle went to the background (``engine/settler.py``)."""
+        flow = self.flows.end(run_id, response, owner)
+        settler = self.settler
+        if settler is None or self._watched():
+            return self._sync.run(flow)
+        return settler.hand_over(flow)  # type: ignore[no-any-return]
 
     async def aend(self, run_id: UUID, response: LLMResult, owner: object = None) -> CallRecord | None:
-        return await self._async.run(self.flows.end(run_id, response, owner))
+        flow = self.flows.end(run_id, response, owner)
+        settler = self.settler
+        if settler is None or self._watched():
+            return await self._async.run(flow)
+        try:  # up to the settle here (pricing, no I/O); the settle itself in the settler's thread
+            op = flow.send(None)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        if settler.take(flow, op):
+            return None
+        return await self._async.resume(flow, op)  # the queue is full: settled here (backpressure)
+
+    def _watched(self) -> bool:
+        """Telemetry or alerts follow the settle: kept in the caller (its context, its event loop)."""
+        watch = self.flows.watch
+        return watch is not None and watch.active()
+
+    def settled(self, timeout: float | None = None) -> bool:
+        """Wait for the settles handed to the background before now; False if ``timeout`` ran out."""
+        settler = self.settler
+        return settler is None or settler.idle or settler.drain(timeout)
+
+    async def asettled(self, timeout: float | None = None) -> bool:
+        settler = self.settler
+        if settler is None or settler.idle:
+            return True
+        return await asyncio.to_thread(settler.drain, timeout)
 
     def fail(self, run_id: UUID, error: BaseException, owner: object = None) -> CallRecord | None:
         return self._sync.run(self.flows.fail(run_id, error, owner))
@@ -167,9 +204,10 @@ class Engine:
             logger.warning("budgetguard: could not close a cancelled call's reservation", exc_info=True)
 
     async def drain(self) -> None:
-        """Wait for the releases and settles of cancelled calls still under way."""
+        """Wait for the releases and settles of cancelled calls, and the background settles, under way."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.asettled()
 
     # ------------------------------------------------------------ pipe form
 
@@ -206,18 +244,25 @@ class Engine:
 
     # ------------------------------------------------------------ operators
 
+    # Each first waits for the settles handed to the background: what it reads or zeroes includes them.
+
     def reset(self, scope: str) -> int:
+        self.settled()
         return self._sync.run(self.flows.reset(scope))
 
     async def areset(self, scope: str) -> int:
+        await self.asettled()
         return await self._async.run(self.flows.reset(scope))
 
     def replay_spool(self) -> int:
         """Replay spooled store writes now; how many were applied."""
+        self.settled()
         return self._sync.state.replay_all()
 
     def status(self, metadata: Mapping[str, Any]) -> BudgetStatus:
+        self.settled()
         return self._sync.run(self.flows.status(metadata))
 
     async def astatus(self, metadata: Mapping[str, Any]) -> BudgetStatus:
+        await self.asettled()
         return await self._async.run(self.flows.status(metadata))

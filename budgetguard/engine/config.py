@@ -29,3 +29,5 @@ class EngineConfig:
     token_counter: Counter = bytes_counter  # the input bound (``tokencount.resolve_counter``)
     #: seconds a call refused only by other calls' reservations waits for them; 0: not at all
     contention_wait: float = DEFAULT_CONTENTION_WAIT
+    #: "background": a network store's settles leave the caller's path (``engine/settler.py``); "inline"
+    settle: str = "inline"

@@ -194,20 +194,26 @@ class SyncDriver:
         self._store = state.store  # the hot pair is called on it without a lambda between
 
     def run(self, flow: Flow[T]) -> T:
-        step: Callable[[Any], Op] = flow.send
-        outcome: object = None
+        try:
+            op = flow.send(None)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        return self.resume(flow, op)
+
+    def resume(self, flow: Flow[T], op: Op) -> T:
+        """Carry out ``op``, which ``flow`` has just yielded, and run the flow on to its end."""
         do = self._do
         while True:
+            try:
+                outcome = do(op)
+                step: Callable[[Any], Op] = flow.send
+            except BudgetStoreUnavailable as exc:
+                outcome = exc
+                step = flow.throw
             try:
                 op = step(outcome)
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
-            try:
-                outcome = do(op)
-                step = flow.send
-            except BudgetStoreUnavailable as exc:
-                outcome = exc
-                step = flow.throw
 
     def _do(self, op: Op) -> Any:
         state = self.state
@@ -256,18 +262,25 @@ class AsyncDriver:
         }
 
     async def run(self, flow: Flow[T]) -> T:
-        outcome: object = None
+        try:
+            op = flow.send(None)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        return await self.resume(flow, op)
+
+    async def resume(self, flow: Flow[T], op: Op) -> T:
+        """Carry out ``op``, which ``flow`` has just yielded, and run the flow on to its end."""
         while True:
+            try:
+                outcome: object = await self._do(op)
+            except BudgetStoreUnavailable as exc:
+                outcome = exc
             try:  # a store fault is thrown into the flow, anything else sent
                 op = (
                     flow.throw(outcome) if isinstance(outcome, BudgetStoreUnavailable) else flow.send(outcome)
                 )
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
-            try:
-                outcome = await self._do(op)
-            except BudgetStoreUnavailable as exc:
-                outcome = exc
 
     async def _do(self, op: Op) -> Any:
         state = self.state
