@@ -27,6 +27,7 @@ from ..status import MINIMAL_CALL_TOKENS, BudgetStatus
 from ..stores.base import Store
 from .config import EngineConfig
 from .drivers import AsyncDriver, DriverState, SyncDriver
+from .flows import Begun
 from .ops import Flow
 from .pending import Pending, PendingRuns, current_task
 from .pipe import PipeFlows
@@ -36,6 +37,12 @@ from .settler import Settler
 __all__ = ["CallStart", "Engine", "EngineConfig", "ModelHint", "Plan"]
 
 logger = logging.getLogger("budgetguard")
+
+
+def _cancels(task: asyncio.Task[Any] | None) -> int:
+    """The cancellations requested of ``task`` and not withdrawn (0 where Python cannot tell)."""
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    return int(cancelling()) if cancelling is not None else 0
 
 
 class Engine:
@@ -105,13 +112,26 @@ class Engine:
         begun = self.flows.start(call)
         if begun is None or self.flows.defer(begun, call):
             return
+        await self._areserve(begun)
+
+    async def _areserve(self, begun: Begun) -> None:
+        """Reserve in the caller's task. Cancelled meanwhile, the model is never called: the
+        reserve may have landed, so it is released without holding up the cancellation.
+
+        A cancellation a layer below swallowed counts too: on Python 3.11, ``asyncio.wait_for``
+        (redis-py's asyncio client sends and connects through it) returns its inner result when
+        that finished just as the cancel came, so the call would otherwise run to its end.
+        """
+        task = asyncio.current_task()
+        asked = _cancels(task)
         try:
             await self._async.run(self.flows.reserve(begun))
         except asyncio.CancelledError:
-            # Cancelled while reserving: the model is never called. The reserve may
-            # have landed, so release it, without holding up the cancellation.
             self._background(self.flows.withdraw(begun))
             raise
+        if _cancels(task) > asked:
+            self._background(self.flows.withdraw(begun))
+            raise asyncio.CancelledError
 
     def reserve_deferred(self, run_id: UUID | None, owner: object) -> None:
         """Reserve a call left to LangChain's cache, now that its model is called after all."""
@@ -122,7 +142,7 @@ class Engine:
     async def areserve_deferred(self, run_id: UUID | None, owner: object) -> None:
         begun = self.flows.undefer(run_id, owner)
         if begun is not None:
-            await self._async.run(self.flows.reserve(begun))
+            await self._areserve(begun)
 
     def fitted_cap(self, run_id: UUID | None, owner: object) -> int | None:
         """The output cap this owner's call was fitted to, if it was (``PendingRuns.fitted``)."""

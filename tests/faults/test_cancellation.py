@@ -65,9 +65,13 @@ async def test_timeouts_leave_nothing_pending_and_charge_the_conservative_rule(
     await settled(guard)
     assert len(guard.engine.pending) == 0, f"{len(guard.engine.pending)} cancelled calls still in memory"
     now = held(guard)
-    assert now["requests"] == (n, 0), f"(spent, reserved) requests after {n} timeouts: {now['requests']}"
+    # A timeout that came while the call was still reserving (a Redis round trip) released it: the
+    # model was never called. Every other call was charged, and recorded, by the conservative rule.
+    charged = len(records)
+    assert charged >= n // 2, f"only {charged} of {n} timeouts came after the reservation"
+    assert now["requests"] == (charged, 0), f"(spent, reserved) requests: {now['requests']}"
     assert now["usd"][1] == 0 and now["tokens"][1] == 0, "a reservation stayed open"
-    assert len(records) == n and {r.outcome for r in records} == {"estimated"}
+    assert {r.outcome for r in records} == {"estimated"}
     # The rule: the input estimate plus the output cap (64), as much as was reserved in tokens.
     assert all(r.usage.output_tokens == 64 and r.usage.input_tokens > 0 for r in records)
     assert now["tokens"][0] == sum(r.usage.input_tokens + 64 for r in records)
@@ -126,6 +130,34 @@ async def test_a_cancel_during_the_reserve_releases_it(redis_server: RedisServer
             await asyncio.wait_for(llm.ainvoke(f"q{i}"), 0.1)
     await settled(guard)
     assert model.calls.count == 0
+    assert held(guard)["requests"] == (0, 0), "a call that never reached the model was charged or held"
+    assert len(guard.engine.pending) == 0
+
+
+class SwallowingRedisStore(RedisStore):
+    """A reserve that lands, then swallows a cancel that comes while it answers: what Python 3.11's
+    ``asyncio.wait_for`` does inside redis-py's asyncio client when its inner await finished just as
+    the cancel came (it returns the inner result instead of raising)."""
+
+    async def areserve(self, req: ReserveRequest) -> ReserveResult:
+        result = await super().areserve(req)
+        try:
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            pass
+        return result
+
+
+async def test_a_cancel_swallowed_below_the_reserve_is_still_honoured(redis_server: RedisServer) -> None:
+    store = SwallowingRedisStore.from_url(redis_server.url, prefix=f"cancel-{uuid.uuid4().hex}:")
+    guard = BudgetGuard(limits=LIMITS, store=store)
+    model = slow_model()
+    llm = guard.wrap(model)
+    for i in range(3):
+        with pytest.raises(asyncio.TimeoutError):  # not the model's answer, 5 s later
+            await asyncio.wait_for(llm.ainvoke(f"q{i}"), 0.1)
+    await settled(guard)
+    assert model.calls.count == 0, "the model was called after its caller had cancelled"
     assert held(guard)["requests"] == (0, 0), "a call that never reached the model was charged or held"
     assert len(guard.engine.pending) == 0
 
