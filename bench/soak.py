@@ -80,11 +80,21 @@ async def drive(runnable: Any, callers: int, seconds: float) -> dict[str, Any]:
 
 
 def soak(
-    url: str, *, seconds: float = 60, callers: int = 200, latency: float = 0.005, baseline: float = 3
+    url: str,
+    *,
+    seconds: float = 60,
+    callers: int = 200,
+    latency: float = 0.005,
+    baseline: float = 3,
+    timeout: float = 1.0,
 ) -> dict[str, Any]:
-    """Run the soak against the Redis at ``url``; returns the figures and checks (no printing)."""
+    """Run the soak against the Redis at ``url``; returns the figures and checks (no printing).
+
+    ``timeout`` is the store's (``RedisStore.from_url``): how long a caller may queue for one of
+    the pool's connections and its round trip before the store counts as down.
+    """
     prefix = f"soak-{os.urandom(4).hex()}:"
-    store = RedisStore.from_url(url, prefix=prefix)
+    store = RedisStore.from_url(url, prefix=prefix, timeout=timeout)
     records: list[CallRecord] = []
     spool = tempfile.mkdtemp(prefix="bg-soak-spool-")
     guard = BudgetGuard(
@@ -172,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", default=None, help="an existing Redis (default: start our own redis-server)")
     ap.add_argument("--latency", type=float, default=0.005, help="the fake model's latency in s")
     ap.add_argument("--baseline", type=float, default=3.0, help="unguarded reference run, s (0: none)")
+    ap.add_argument("--timeout", type=float, default=1.0, help="the store's timeout in s (default 1)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
     if args.callers < 1 or args.seconds <= 0:
@@ -179,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def go(url: str) -> dict[str, Any]:
         return soak(
-            url, seconds=args.seconds, callers=args.callers, latency=args.latency, baseline=args.baseline
+            url,
+            seconds=args.seconds,
+            callers=args.callers,
+            latency=args.latency,
+            baseline=args.baseline,
+            timeout=args.timeout,
         )
 
     if args.url:

@@ -26,7 +26,9 @@ def load_bench() -> ModuleType:
 
 def test_soak_200_async_callers_against_redis(redis_server: RedisServer) -> None:
     soak = load_bench().soak
-    res = soak(redis_server.url, seconds=5, callers=200, latency=0.005, baseline=1)
+    # 200 callers share the pool's 50 connections: on a loaded 2-core CI machine the queue for one
+    # can outlast the default 1 s store timeout. This test is about exact totals, not latency.
+    res = soak(redis_server.url, seconds=5, callers=200, latency=0.005, baseline=1, timeout=5.0)
     u = res["unguarded"]
     print(
         f"\n[soak] {res['calls']} calls in {res['seconds']} s = {res['throughput']:.0f} calls/s "
