@@ -58,6 +58,17 @@ def _sum(points: list[Any], **attrs: Any) -> float:
     return sum(p.value for p in points if all(p.attributes.get(k) == v for k, v in attrs.items()))
 
 
+def python(code: str, env: dict[str, str] | None = None) -> str:
+    """What ``code`` prints, run in a fresh interpreter (one global OTel provider per process)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout
+
+
+def assert_prints_ok(code: str, env: dict[str, str] | None = None) -> None:
+    assert python(code, env).strip() == "ok"
+
+
 def test_counters_and_latency_by_outcome(otel: tuple[InMemoryMetricReader, InMemorySpanExporter]) -> None:
     reader, _ = otel
     model = "gpt-4o-mini"
@@ -150,8 +161,7 @@ def test_without_opentelemetry_a_guard_has_no_telemetry() -> None:
         "g.wrap(FakeChatModel()).invoke('hi')\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "ok"
+    assert_prints_ok(code)
 
 
 def test_prometheus_sees_the_documented_series() -> None:
@@ -173,7 +183,7 @@ def test_prometheus_sees_the_documented_series() -> None:
         "    pass\n"
         "print(generate_latest().decode())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = python(code)
     for series in (
         "budgetguard_cost_USD_total{",
         'budgetguard_tokens_total{gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o-mini",'
@@ -217,8 +227,7 @@ def test_an_sdk_set_after_the_guard_was_built_is_picked_up() -> None:
         "assert 'budgetguard.calls' in names, names\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "ok"
+    assert_prints_ok(code)
 
 
 def test_a_provider_named_in_the_environment_is_loaded() -> None:
@@ -230,5 +239,4 @@ def test_a_provider_named_in_the_environment_is_loaded() -> None:
         "print('ok')\n"
     )
     env = {**os.environ, "OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert out.stdout.strip() == "ok"
+    assert_prints_ok(code, env)
