@@ -29,7 +29,7 @@ from ..estimate import estimate_text_tokens, has_audio_input, max_output_tokens
 from ..ledger import note_for
 from ..model_names import call_model_name, first_name
 from ..pricing import Rates, resolve_rates, unpriced_rates
-from ..records import CallRecord, Outcome
+from ..records import CallRecord, Outcome, caller_metadata
 from ..reservation import Amount, CounterRef
 from ..spool import encode_release, encode_reserve, encode_settle
 from ..status import MINIMAL_CALL_TOKENS, BudgetStatus, LimitStatus, row
@@ -141,15 +141,15 @@ class Flows(Contention):
             inp = 8 + sum(estimate_text_tokens(p) for p in call.prompts or ())
         out = max_output_tokens(params, hint.profile_max, self.default_max_output_tokens)
         amount = _new(Amount, (rates.worst_nanos(inp, out), inp + out, 1))
-        p = Pending(self._new_lease(), plan.refs, plan.labels, amount, rates, provider, inp, out)
-        p.owner, p.start, p.task = call.owner, call.event, current_task()
-        p.audio_in = messages is not None and has_audio_input(messages)
-        p.prefix = prefix
-        p.fit = hint.fit and self.fit_max_tokens
-        p.wait, p.thread = hint.wait, threading.get_ident()
-        p.run_id, p.parent_run_id, p.metadata, p.started = run_id, call.parent_run_id, metadata, time.time()
-        if self.watch is not None and self.watch.alerts is not None:
-            p.specs = plan.specs
+        watch = self.watch
+        # fmt: off
+        p = Pending(  # in one call, its fields in their order: no attribute written twice
+            self._new_lease(), plan.refs, plan.labels, amount, rates, provider, inp, out, call.owner,
+            call.event, current_task(), messages is not None and has_audio_input(messages), prefix,
+            hint.fit and self.fit_max_tokens, hint.wait, threading.get_ident(), run_id, call.parent_run_id,
+            metadata, time.time(), plan.specs if watch is not None and watch.alerts is not None else (),
+        )
+        # fmt: on
         if not self.pending.claim(run_id, p):
             return None
         return Begun(run_id, p, plan)
@@ -159,7 +159,10 @@ class Flows(Contention):
         run_id, p, plan = begun
         req = _new(ReserveRequest, (p.lease_id, plan.specs, p.amount, self.lease_ttl, False))
         try:
-            result = yield from self._reserve_or_spool(req, plan.refs)
+            if self.spool_dir is None and self.defined:  # no spool, limits defined: just the reserve
+                result: ReserveResult | None = cast(ReserveResult, (yield ops.Reserve(req)))
+            else:
+                result = yield from self._reserve_or_spool(req, plan.refs)
             if result is not None and not result.admitted:
                 result = yield from self._refused(begun, result)
         except BaseException:  # a store fault, or the flow closed unfinished: never left pending
@@ -332,7 +335,10 @@ class Flows(Contention):
         note = note_for(rates.model, p.provider, usage, p.run_id, scopes)
         req = _new(SettleRequest, (p.lease_id, p.refs, actual, usage.estimated, not p.probe, note))
         began = time.time()
-        outcome = yield from self._settle_or_spool(p, req)
+        if self.spool_dir is None:  # a store fault reaches the caller: just the settle
+            outcome: Outcome = cast(SettleOutcome, (yield ops.Settle(req)))
+        else:
+            outcome = yield from self._settle_or_spool(p, req)
         if not p.probe and actual.exceeds(p.amount):
             logger.warning(
                 "budgetguard: %s call used more than reserved "
@@ -429,13 +435,6 @@ class Flows(Contention):
                     if getattr(lim, quantity) is not None:
                         rows.append(row(label, lim, quantity, st))
         return BudgetStatus(tuple(rows), skipped, Amount(self.minimal_nanos, MINIMAL_CALL_TOKENS, 1))
-
-
-def caller_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The caller's metadata, without LangChain's ``ls_*`` keys and the guard's own markers."""
-    if not metadata:
-        return {}
-    return {k: v for k, v in metadata.items() if not k.startswith(("ls_", "budgetguard"))}
 
 
 _unpriced_served: set[str] = set()

@@ -37,6 +37,7 @@ __all__ = ["MemoryConnector", "MemoryStore"]
 
 _Key = tuple[str, str, int]  # scope, per, window start
 _new = tuple.__new__  # a NamedTuple from all its fields, without its Python-level __new__
+_RecordFields = tuple[int, str, str, bool, Amount, tuple[Charge, ...], LedgerNote | None]
 
 
 @dataclass(slots=True)
@@ -114,7 +115,8 @@ class MemoryStore(Store):
         self._gc_heap: list[tuple[float, int, str, object]] = []
         self._gc_seq = 0
         self._alerts: dict[str, float] = {}  # claimed alert key -> when the claim lapses (inf: never)
-        self._ledger: deque[LedgerRecord] | None = deque(maxlen=ledger_cap) if ledger_cap else None
+        #: LedgerRecord's fields as a plain tuple (made a record when read: no frozen dataclass per call)
+        self._ledger: deque[_RecordFields] | None = deque(maxlen=ledger_cap) if ledger_cap else None
         self._defs: dict[LimitDef, float] = {}
         self._shapes: dict[int, _Shape] = {}  # by id: each holds its specs, so no id is reused
         self._roots: dict[int, tuple[tuple[CounterRef, ...], str]] = {}
@@ -235,10 +237,7 @@ class MemoryStore(Store):
             st = self._counters.get(key)
             after = st.spent if st is not None else Amount()
             charges.append(_new(Charge, (key[0], key[1], key[2], after - before)))
-        rec = LedgerRecord(
-            int(now * 1_000_000), outcome, lease_id, estimated, cost, tuple(charges), note or LedgerNote()
-        )
-        self._ledger.append(rec)
+        self._ledger.append((int(now * 1_000_000), outcome, lease_id, estimated, cost, tuple(charges), note))
 
     def _spent(self, keys: Sequence[_Key]) -> list[Amount]:
         out = []
@@ -426,7 +425,8 @@ class MemoryStore(Store):
 
     def ledger_records(self, since: float | None = None, until: float | None = None) -> list[LedgerRecord]:
         with self._lock:
-            return list(charges_between(list(self._ledger or ()), since, until))
+            records = [LedgerRecord(*fields[:6], fields[6] or LedgerNote()) for fields in self._ledger or ()]
+        return list(charges_between(records, since, until))
 
     def scopes(self) -> list[tuple[str, str]]:
         with self._lock:
