@@ -136,7 +136,8 @@ class _Core:
             held.take(self.owner, run_id)
 
     def _admitted(self, kwargs: dict[str, Any]) -> None:
-        candidates.admitted(self.role, kwargs.get("parent_run_id"))
+        if self.role is not None:  # (no fallback chain: nothing to note)
+            candidates.admitted(self.role, kwargs.get("parent_run_id"))
 
     def _observe(self, token: Any, kwargs: dict[str, Any]) -> None:
         # No I/O, so the async twin counts tokens with this too.
@@ -292,7 +293,7 @@ class BudgetGuardCallback(BaseCallbackHandler):
     def fitted_cap(self, run_id: UUID | None) -> int | None:
         """The output cap this handler's call ``run_id`` was fitted to (``adapter/fit.py`` sends it)."""
         twin = self.sync_twin
-        return twin.engine.fitted_cap(run_id, twin.owner) if isinstance(twin, SyncTwin) else None
+        return twin.engine.pending.fitted(run_id, twin.owner) if isinstance(twin, SyncTwin) else None
 
     def take_refusal(self, run_id: UUID | None) -> BudgetExceeded | None:
         """The refusal held for this handler's call ``run_id``, for the model to raise."""
@@ -310,12 +311,12 @@ class BudgetGuardCallback(BaseCallbackHandler):
     def reserve_deferred(self, run_id: UUID | None) -> None:
         """Reserve this handler's call left to the cache, which missed after all (or raise)."""
         twin = self.sync_twin
-        if isinstance(twin, SyncTwin):
+        if isinstance(twin, SyncTwin) and twin.engine.flows.any_deferred:  # else none to reserve
             twin.engine.reserve_deferred(run_id, twin.owner)
 
     async def areserve_deferred(self, run_id: UUID | None) -> None:
         twin = self.sync_twin
-        if isinstance(twin, SyncTwin):
+        if isinstance(twin, SyncTwin) and twin.engine.flows.any_deferred:
             await twin.engine.areserve_deferred(run_id, twin.owner)
 
 

@@ -98,7 +98,8 @@ class PendingRuns:
 
     def has_event(self, run_id: UUID, event: object) -> bool:
         """Whether a call was already begun for this very start event (another handler's)."""
-        if event is None or run_id not in self._runs:  # claim() checks again, under the lock
+        runs = self._runs  # (empty, the common case, is told without hashing the run id)
+        if event is None or not runs or run_id not in runs:  # claim() checks again, under the lock
             return False
         with self._lock:
             return any(p.start is event for p in self._runs.get(run_id, ()))
@@ -133,7 +134,16 @@ class PendingRuns:
     def pop(self, run_id: UUID, owner: object = None) -> Pending | None:
         """The owner's call with this run id, preferring the one begun here; removed."""
         with self._lock:
-            p = self._find(run_id, owner)
+            found = self._runs.get(run_id)
+            if found is not None and len(found) == 1:  # the common case, in one look-up
+                p = found[0]
+                if not p.ready or (owner is not None and p.owner is not owner):
+                    return None
+                if p.fitted is None and p.task is None:  # nothing else to unregister (``_remove``)
+                    del self._runs[run_id]
+                    return p
+            else:
+                p = self._find(run_id, owner)
             if p is not None:
                 self._remove(run_id, p)
             return p
