@@ -133,6 +133,7 @@ class PendingRuns:
 
     def pop(self, run_id: UUID, owner: object = None) -> Pending | None:
         """The owner's call with this run id, preferring the one begun here; removed."""
+        p: Pending | None
         with self._lock:
             found = self._runs.get(run_id)
             if found is not None and len(found) == 1:  # the common case, in one look-up
