@@ -28,8 +28,8 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
-from ..estimate import PER_MESSAGE
-from ..tokencount import Counter
+from ..estimate import PER_CALL, PER_MESSAGE
+from ..tokencount import Counter, bytes_counter
 from ..usage import TokenUsage
 
 __all__ = ["DEFAULT_CAPACITY", "InputEstimator", "reply_bound"]
@@ -182,7 +182,10 @@ class InputEstimator:
                     break
             else:
                 return bound, chain[-1]
-        new = self.counter(messages[i:], None, model)  # their own call overhead: a margin
+        if i == len(messages) and self.counter is bytes_counter:  # the whole prompt is known
+            new = PER_CALL  # (what bytes_counter gives for no messages, without a call)
+        else:
+            new = self.counter(messages[i:], None, model)  # their own call overhead: a margin
         return min(bound, known + new), chain[-1]
 
     def learn(self, key: bytes | None, usage: TokenUsage, response: LLMResult) -> None:

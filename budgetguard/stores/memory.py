@@ -32,10 +32,12 @@ from ..reservation import (
 )
 from ..windows import window_end, window_start
 from .base import Connector, ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
+from .memory_keys import Key as _Key
+from .memory_keys import Shape as _Shape
+from .memory_keys import lease_root as _root
 
 __all__ = ["MemoryConnector", "MemoryStore"]
 
-_Key = tuple[str, str, int]  # scope, per, window start
 _new = tuple.__new__  # a NamedTuple from all its fields, without its Python-level __new__
 _RecordFields = tuple[int, str, str, bool, Amount, tuple[Charge, ...], LedgerNote | None]
 
@@ -46,33 +48,6 @@ class _Lease:
     amount: Amount
     expires_at: float
     expire_after: tuple[float | None, ...]  # each counter's, as its CounterRef says
-
-
-def _root(refs: Sequence[CounterRef]) -> str:
-    """Where a lease's closed id is filed: the first counter's root scope (as RedisStore does)."""
-    return refs[0].scope.split("/", 1)[0] if refs else "global"
-
-
-class _Shape:
-    """A reserve's counters as the store files them, and their keys in the current windows."""
-
-    __slots__ = ("eas", "hi", "kept", "keys", "lo", "refs", "root", "specs")
-
-    def __init__(self, specs: tuple[CounterSpec, ...]) -> None:
-        self.specs = specs  # (held: the cache is keyed by its id)
-        self.refs = tuple(spec.ref for spec in specs)
-        self.eas = tuple(ref.expire_after for ref in self.refs)
-        self.kept = all(ea is None for ea in self.eas)  # no counter's deadline moves when it is used
-        self.root = _root(self.refs)
-        self.keys: tuple[_Key, ...] = ()
-        self.lo, self.hi = math.inf, -math.inf  # the span of time the keys hold for (none yet)
-
-    def window(self, now: float) -> None:
-        """The keys at ``now`` (``MemoryStore._key``), and until when they hold: every window's."""
-        self.keys = tuple([(ref.scope, ref.per, window_start(ref.per, now)) for ref in self.refs])
-        ends = [window_end(k[1], k[2]) for k in self.keys]
-        self.lo = max((k[2] for k in self.keys), default=-math.inf)
-        self.hi = min((math.inf if e is None else e for e in ends), default=math.inf)
 
 
 class MemoryStore(Store):
@@ -281,10 +256,11 @@ class MemoryStore(Store):
             self._sweep(now)
             shape = self._shape(req.counters)
             lease_id = req.lease_id
+            ids = self._settled.get(shape.root)  # (a new id is in none of these: no call to _closed)
             if (
                 lease_id in self._leases
                 or lease_id in self._expired
-                or self._closed(shape.root, lease_id, now)
+                or (ids is not None and lease_id in ids and self._closed(shape.root, lease_id, now))
             ):
                 # a replayed reserve: the lease is live, expired or closed already; never reserve twice
                 return ReserveResult(True, (), None)
@@ -324,7 +300,8 @@ class MemoryStore(Store):
             now = self._clock()
             self._sweep(now)
             root = self._root_of(req.counters)
-            if self._closed(root, req.lease_id, now):
+            ids = self._settled.get(root)  # (a first settle is not among them: no call to _closed)
+            if ids is not None and req.lease_id in ids and self._closed(root, req.lease_id, now):
                 return "replay"
             outcome: SettleOutcome
             lease = self._leases.pop(req.lease_id, None)
