@@ -194,11 +194,21 @@ class SyncDriver:
         self._store = state.store  # the hot pair is called on it without a lambda between
 
     def run(self, flow: Flow[T]) -> T:
-        try:
-            op = flow.send(None)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        return self.resume(flow, op)
+        """Run ``flow`` to its end (``resume``'s loop, begun with ``send(None)``: one frame less a call)."""
+        do = self._do
+        outcome: Any = None
+        step: Callable[[Any], Op] = flow.send
+        while True:
+            try:
+                op = step(outcome)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            try:
+                outcome = do(op)
+                step = flow.send
+            except BudgetStoreUnavailable as exc:
+                outcome = exc
+                step = flow.throw
 
     def resume(self, flow: Flow[T], op: Op) -> T:
         """Carry out ``op``, which ``flow`` has just yielded, and run the flow on to its end."""

@@ -45,6 +45,8 @@ from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, Plan, Planner
 from .prefixes import InputEstimator
 from .refusals import CallShape, refusal, show_refusal
+from .unpriced import unpriced_served as _unpriced_served  # noqa: F401  (tests clear it)
+from .unpriced import warn_unpriced as _warn_unpriced
 from .user import UserCallbacks
 from .watch import Watch
 
@@ -131,7 +133,8 @@ class Flows(Contention):
             return None
         params = call.invocation_params or {}
         model = call_model_name(params, metadata, hint.model)
-        provider = first_name((metadata.get("ls_provider"), hint.provider))
+        provider = metadata.get("ls_provider")  # first_name((ls_provider, hint.provider)), inline
+        provider = provider if isinstance(provider, str) and provider else first_name((hint.provider,))
         plan = self.planner.plan(metadata, hint.soft_ppm)
         rates = self._call_rates(model or "", provider, plan)
         prefix = None
@@ -435,14 +438,3 @@ class Flows(Contention):
                     if getattr(lim, quantity) is not None:
                         rows.append(row(label, lim, quantity, st))
         return BudgetStatus(tuple(rows), skipped, Amount(self.minimal_nanos, MINIMAL_CALL_TOKENS, 1))
-
-
-_unpriced_served: set[str] = set()
-
-
-def _warn_unpriced(served: str, model: str) -> None:
-    """Warn of a served model with no price once per model (per process), not on every call."""
-    if served in _unpriced_served or len(_unpriced_served) >= 10_000:
-        return
-    _unpriced_served.add(served)
-    logger.warning("budgetguard: served model %r has no price; charged at %r's rates", served, model)

@@ -206,7 +206,11 @@ class InputEstimator:
 
 def _reply(response: LLMResult) -> BaseMessage | None:
     """The one reply a call produced; ``None`` for several (``n`` > 1) or none."""
-    gens = [g for batch in response.generations for g in batch]
+    batches = response.generations
+    if len(batches) == 1:  # the common case, without flattening
+        gens = batches[0]
+        return gens[0].message if len(gens) == 1 and isinstance(gens[0], ChatGeneration) else None
+    gens = [g for batch in batches for g in batch]
     if len(gens) == 1 and isinstance(gens[0], ChatGeneration):
         return gens[0].message
     return None
