@@ -36,6 +36,8 @@ from .v3 import stream_event
 
 __all__ = ["GUARDS_KEY", "BudgetGuardCallback", "SyncTwin", "AsyncTwin", "context_scopes", "guard_callback"]
 
+_new = tuple.__new__  # a NamedTuple from all its fields
+
 #: The events a guard handles, in the order LangChain sends them.
 EVENTS = (
     "on_chat_model_start",
@@ -109,16 +111,19 @@ class _Core:
             return None
         params = kwargs.get("invocation_params")
         deferred = not self.generic and cache_will_answer.get()
-        return CallStart(
-            kwargs["run_id"],
-            messages,
-            prompts,
-            params,
-            meta,
-            self.hint,
-            self.owner,
-            deferred,
-            kwargs.get("parent_run_id"),
+        return _new(  # all its fields, without CallStart's Python-level __new__
+            CallStart,
+            (
+                kwargs["run_id"],
+                messages,
+                prompts,
+                params,
+                meta,
+                self.hint,
+                self.owner,
+                deferred,
+                kwargs.get("parent_run_id"),
+            ),
         )
 
     def _held(self, exc: BudgetExceeded, kwargs: dict[str, Any]) -> bool:

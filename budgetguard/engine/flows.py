@@ -129,7 +129,8 @@ class Flows(Contention):
         Every call gets a lease of its own, whatever its run id.
         """
         run_id, messages, metadata, hint = call.run_id, call.messages, call.metadata, call.hint
-        if self.pending.has_event(run_id, call.event):
+        event = call.event  # (a property: read once)
+        if self.pending.has_event(run_id, event):
             return None
         params = call.invocation_params or {}
         model = call_model_name(params, metadata, hint.model)
@@ -148,7 +149,7 @@ class Flows(Contention):
         # fmt: off
         p = Pending(  # in one call, its fields in their order: no attribute written twice
             self._new_lease(), plan.refs, plan.labels, amount, rates, provider, inp, out, call.owner,
-            call.event, current_task(), messages is not None and has_audio_input(messages), prefix,
+            event, current_task(), messages is not None and has_audio_input(messages), prefix,
             hint.fit and self.fit_max_tokens, hint.wait, threading.get_ident(), run_id, call.parent_run_id,
             metadata, time.time(), plan.specs if watch is not None and watch.alerts is not None else (),
         )
