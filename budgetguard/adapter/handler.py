@@ -137,7 +137,7 @@ class _Core:
 
     def _over(self, run_id: UUID) -> None:
         """The call ended: a refusal still held for it is void (LangChain's cache answered it)."""
-        if held:
+        if held.waiting:
             held.take(self.owner, run_id)
 
     def _admitted(self, kwargs: dict[str, Any]) -> None:
@@ -187,7 +187,8 @@ class SyncTwin(_Core):
         stream_event(self.engine, event, kwargs)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        self._over(run_id)
+        if held.waiting:  # (``_over``, inline)
+            held.take(self.owner, run_id)
         self.engine.end(run_id, response, self.owner)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:

@@ -358,6 +358,8 @@ class Flows(Contention):
             label = outcome
         if self.watch is not None and self.watch.active():
             yield from self.watch.after_settle(p, usage, actual.nanos, label, rates.model, began, outcome)
+        if self.on_record is None and not logger.isEnabledFor(logging.DEBUG):
+            return None  # (``_emit``'s own test, without its call)
         return self._emit(p, usage, actual.nanos, label, rates.model)
 
     def _settle_or_spool(self, p: Pending, req: SettleRequest) -> Flow[Outcome]:

@@ -28,7 +28,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
-from ..estimate import PER_CALL, PER_MESSAGE
+from ..estimate import PER_CALL, PER_MESSAGE, estimate_input_tokens
 from ..tokencount import Counter, bytes_counter
 from ..usage import TokenUsage
 
@@ -170,7 +170,12 @@ class InputEstimator:
     ) -> tuple[int, bytes]:
         """An upper bound on the prompt's input tokens, and its fingerprint (for ``learn``)."""
         tools = params.get("tools") or params.get("functions")
-        bound = self.counter(messages, tools, model)
+        counter = self.counter
+        bound = (  # bytes_counter, the default, called without its own frame
+            estimate_input_tokens(messages, tools)
+            if counter is bytes_counter
+            else counter(messages, tools, model)
+        )
         chain = [_root(params, model)]
         for m in messages:
             chain.append(_link(chain[-1], m))
@@ -182,10 +187,10 @@ class InputEstimator:
                     break
             else:
                 return bound, chain[-1]
-        if i == len(messages) and self.counter is bytes_counter:  # the whole prompt is known
+        if i == len(messages) and counter is bytes_counter:  # the whole prompt is known
             new = PER_CALL  # (what bytes_counter gives for no messages, without a call)
         else:
-            new = self.counter(messages[i:], None, model)  # their own call overhead: a margin
+            new = counter(messages[i:], None, model)  # their own call overhead: a margin
         return min(bound, known + new), chain[-1]
 
     def learn(self, key: bytes | None, usage: TokenUsage, response: LLMResult) -> None:
