@@ -156,7 +156,7 @@ class Flows(Contention):
         # fmt: on
         if not self.pending.claim(run_id, p):
             return None
-        return Begun(run_id, p, plan)
+        return _new(Begun, (run_id, p, plan))
 
     def reserve(self, begun: Begun) -> Flow[None]:
         """Reserve a started call's worst case on every counter, all or nothing, or raise."""
@@ -164,7 +164,7 @@ class Flows(Contention):
         req = _new(ReserveRequest, (p.lease_id, plan.specs, p.amount, self.lease_ttl, False))
         try:
             if self.spool_dir is None and self.defined:  # no spool, limits defined: just the reserve
-                result: ReserveResult | None = cast(ReserveResult, (yield ops.Reserve(req)))
+                result: ReserveResult | None = yield ops.Reserve(req)  # type: ignore[assignment]
             else:
                 result = yield from self._reserve_or_spool(req, plan.refs)
             if result is not None and not result.admitted:
@@ -340,7 +340,7 @@ class Flows(Contention):
         req = _new(SettleRequest, (p.lease_id, p.refs, actual, usage.estimated, not p.probe, note))
         began = time.time()
         if self.spool_dir is None:  # a store fault reaches the caller: just the settle
-            outcome: Outcome = cast(SettleOutcome, (yield ops.Settle(req)))
+            outcome: Outcome = yield ops.Settle(req)  # type: ignore[assignment]
         else:
             outcome = yield from self._settle_or_spool(p, req)
         if not p.probe and actual.exceeds(p.amount):

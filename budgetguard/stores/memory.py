@@ -14,7 +14,6 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import cast
 
 from ..definitions import LimitDef
 from ..errors import ConfigError
@@ -269,9 +268,12 @@ class MemoryStore(Store):
             keys, eas = shape.keys, shape.eas
             counters = self._counters
             found = [counters.get(k) for k in keys]
-            known = None not in found
+            known = True  # (``None not in found`` would call CounterState.__eq__ on each)
+            for st in found:
+                if st is None:
+                    known = False
             states: list[CounterState] = (
-                cast("list[CounterState]", found)
+                found  # type: ignore[assignment]
                 if known
                 else [st or CounterState(k[2]) for st, k in zip(found, keys, strict=True)]
             )
