@@ -13,7 +13,8 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import NamedTuple
 
 from ..definitions import LimitDef
 from ..errors import ConfigError
@@ -41,8 +42,7 @@ _new = tuple.__new__  # a NamedTuple from all its fields, without its Python-lev
 _RecordFields = tuple[int, str, str, bool, Amount, tuple[Charge, ...], LedgerNote | None]
 
 
-@dataclass(slots=True)
-class _Lease:
+class _Lease(NamedTuple):  # never changed: a tuple, made with _new
     keys: tuple[_Key, ...]
     amount: Amount
     expires_at: float
@@ -292,7 +292,7 @@ class MemoryStore(Store):
                         st = states[i] = self._state(k, now, ea)
                     apply_reserve(st, amount)
             expires = now + req.ttl
-            self._track(req.lease_id, _Lease(keys, amount, expires, eas))
+            self._track(req.lease_id, _new(_Lease, (keys, amount, expires, eas)))
             # Callers read states only to explain a refusal or a forced record.
             snapshot = tuple(replace(s) for s in states) if req.force else ()
             return _new(ReserveResult, (True, snapshot, violation))
