@@ -96,6 +96,8 @@ def served_model_name(response_metadata: Mapping[str, Any] | None) -> str | None
 
 def bare_model_name(model: str) -> str:
     """``model`` without an API-path prefix (``models/gemini-2.5-flash`` -> ``gemini-2.5-flash``)."""
+    if not model.startswith(MODEL_NAME_PREFIXES):  # the common case, in one C call
+        return model
     for prefix in MODEL_NAME_PREFIXES:
         if model.startswith(prefix) and len(model) > len(prefix):
             return model[len(prefix) :]

@@ -11,7 +11,7 @@ from uuid import UUID
 
 from .usage import TokenUsage
 
-__all__ = ["CallRecord", "Outcome"]
+__all__ = ["CallRecord", "Outcome", "caller_metadata"]
 
 #: How a call ended, as recorded in the store.
 #: ``settled``: charged its reported usage; ``estimated``: charged an estimate (usage missing or
@@ -53,3 +53,10 @@ class CallRecord:
     @property
     def estimated(self) -> bool:
         return self.usage.estimated
+
+
+def caller_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The caller's metadata, without LangChain's ``ls_*`` keys and the guard's own markers."""
+    if not metadata:
+        return {}
+    return {k: v for k, v in metadata.items() if not k.startswith(("ls_", "budgetguard"))}

@@ -148,7 +148,10 @@ def _generate_hooks(base: type[BaseChatModel]) -> dict[str, Any]:
     """``generate``/``agenerate`` that tell the start event a cache will answer (nothing to reserve)."""
 
     def generate(self: Any, messages: Any, stop: Any = None, callbacks: Any = None, **kwargs: Any) -> Any:
-        token = cache_will_answer.set(_hits(self, messages, stop, kwargs))
+        hit = _hits(self, messages, stop, kwargs)
+        if not hit and not cache_will_answer.get():  # the common case: it says False already
+            return base.generate(self, messages, stop, callbacks, **kwargs)
+        token = cache_will_answer.set(hit)
         try:
             return base.generate(self, messages, stop, callbacks, **kwargs)
         finally:
@@ -157,7 +160,10 @@ def _generate_hooks(base: type[BaseChatModel]) -> dict[str, Any]:
     async def agenerate(
         self: Any, messages: Any, stop: Any = None, callbacks: Any = None, **kwargs: Any
     ) -> Any:
-        token = cache_will_answer.set(await _ahits(self, messages, stop, kwargs))
+        hit = await _ahits(self, messages, stop, kwargs)
+        if not hit and not cache_will_answer.get():
+            return await base.agenerate(self, messages, stop, callbacks, **kwargs)
+        token = cache_will_answer.set(hit)
         try:
             return await base.agenerate(self, messages, stop, callbacks, **kwargs)
         finally:

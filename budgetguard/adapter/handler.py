@@ -36,6 +36,8 @@ from .v3 import stream_event
 
 __all__ = ["GUARDS_KEY", "BudgetGuardCallback", "SyncTwin", "AsyncTwin", "context_scopes", "guard_callback"]
 
+_new = tuple.__new__  # a NamedTuple from all its fields
+
 #: The events a guard handles, in the order LangChain sends them.
 EVENTS = (
     "on_chat_model_start",
@@ -109,16 +111,19 @@ class _Core:
             return None
         params = kwargs.get("invocation_params")
         deferred = not self.generic and cache_will_answer.get()
-        return CallStart(
-            kwargs["run_id"],
-            messages,
-            prompts,
-            params,
-            meta,
-            self.hint,
-            self.owner,
-            deferred,
-            kwargs.get("parent_run_id"),
+        return _new(  # all its fields, without CallStart's Python-level __new__
+            CallStart,
+            (
+                kwargs["run_id"],
+                messages,
+                prompts,
+                params,
+                meta,
+                self.hint,
+                self.owner,
+                deferred,
+                kwargs.get("parent_run_id"),
+            ),
         )
 
     def _held(self, exc: BudgetExceeded, kwargs: dict[str, Any]) -> bool:
@@ -132,11 +137,12 @@ class _Core:
 
     def _over(self, run_id: UUID) -> None:
         """The call ended: a refusal still held for it is void (LangChain's cache answered it)."""
-        if held:
+        if held.waiting:
             held.take(self.owner, run_id)
 
     def _admitted(self, kwargs: dict[str, Any]) -> None:
-        candidates.admitted(self.role, kwargs.get("parent_run_id"))
+        if self.role is not None:  # (no fallback chain: nothing to note)
+            candidates.admitted(self.role, kwargs.get("parent_run_id"))
 
     def _observe(self, token: Any, kwargs: dict[str, Any]) -> None:
         # No I/O, so the async twin counts tokens with this too.
@@ -181,7 +187,8 @@ class SyncTwin(_Core):
         stream_event(self.engine, event, kwargs)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        self._over(run_id)
+        if held.waiting:  # (``_over``, inline)
+            held.take(self.owner, run_id)
         self.engine.end(run_id, response, self.owner)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -292,7 +299,7 @@ class BudgetGuardCallback(BaseCallbackHandler):
     def fitted_cap(self, run_id: UUID | None) -> int | None:
         """The output cap this handler's call ``run_id`` was fitted to (``adapter/fit.py`` sends it)."""
         twin = self.sync_twin
-        return twin.engine.fitted_cap(run_id, twin.owner) if isinstance(twin, SyncTwin) else None
+        return twin.engine.pending.fitted(run_id, twin.owner) if isinstance(twin, SyncTwin) else None
 
     def take_refusal(self, run_id: UUID | None) -> BudgetExceeded | None:
         """The refusal held for this handler's call ``run_id``, for the model to raise."""
@@ -310,12 +317,12 @@ class BudgetGuardCallback(BaseCallbackHandler):
     def reserve_deferred(self, run_id: UUID | None) -> None:
         """Reserve this handler's call left to the cache, which missed after all (or raise)."""
         twin = self.sync_twin
-        if isinstance(twin, SyncTwin):
+        if isinstance(twin, SyncTwin) and twin.engine.flows.any_deferred:  # else none to reserve
             twin.engine.reserve_deferred(run_id, twin.owner)
 
     async def areserve_deferred(self, run_id: UUID | None) -> None:
         twin = self.sync_twin
-        if isinstance(twin, SyncTwin):
+        if isinstance(twin, SyncTwin) and twin.engine.flows.any_deferred:
             await twin.engine.areserve_deferred(run_id, twin.owner)
 
 

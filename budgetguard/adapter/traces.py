@@ -26,7 +26,7 @@ import asyncio
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
@@ -50,11 +50,13 @@ _held_here: ContextVar[tuple[object, UUID] | None] = ContextVar("budgetguard_hel
 class HeldRefusals:
     """Refusals waiting for their model call to raise them, by (handler owner, run id)."""
 
-    __slots__ = ("_held", "_lock")
+    __slots__ = ("_held", "_lock", "waiting")
 
     def __init__(self) -> None:
         self._held: OrderedDict[tuple[object, UUID], BudgetExceeded] = OrderedDict()
         self._lock = threading.Lock()
+        #: the same mapping, to test for none held without a call to ``__bool__`` (every call does)
+        self.waiting: Mapping[tuple[object, UUID], BudgetExceeded] = self._held
 
     def __bool__(self) -> bool:
         return bool(self._held)
@@ -245,7 +247,7 @@ def _model_handlers(model: Any) -> list[Any]:
 
 def take_refusal(model: Any, run_manager: Any) -> BudgetExceeded | None:
     """The refusal a guard's handler on this model holds for this call, if any."""
-    if not held:  # none held, by any guard (the handlers' ``take_refusal`` reads ``held``)
+    if not held.waiting:  # none held, by any guard (the handlers' ``take_refusal`` reads ``held``)
         return None
     run_id = getattr(run_manager, "run_id", None)  # None in a stream: the call begun in this context
     for h in _model_handlers(model):

@@ -100,8 +100,9 @@ class Engine:
         return self.flows.tag
 
     def begin(self, call: CallStart) -> None:
-        for stale in self._stale(call):
-            self._sync.run(self.flows.abandon(stale))
+        if asyncio._get_running_loop() is not None:  # (no event loop: no task, none stale)
+            for stale in self._stale(call):
+                self._sync.run(self.flows.abandon(stale))
         begun = self.flows.start(call)
         if begun is not None and not self.flows.defer(begun, call):
             self._sync.run(self.flows.reserve(begun))

@@ -194,11 +194,21 @@ class SyncDriver:
         self._store = state.store  # the hot pair is called on it without a lambda between
 
     def run(self, flow: Flow[T]) -> T:
-        try:
-            op = flow.send(None)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        return self.resume(flow, op)
+        """Run ``flow`` to its end (``resume``'s loop, begun with ``send(None)``: one frame less a call)."""
+        do = self._do
+        outcome: Any = None
+        step: Callable[[Any], Op] = flow.send
+        while True:
+            try:
+                op = step(outcome)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            try:
+                outcome = do(op)
+                step = flow.send
+            except BudgetStoreUnavailable as exc:
+                outcome = exc
+                step = flow.throw
 
     def resume(self, flow: Flow[T], op: Op) -> T:
         """Carry out ``op``, which ``flow`` has just yielded, and run the flow on to its end."""
@@ -216,10 +226,31 @@ class SyncDriver:
                 return stop.value  # type: ignore[no-any-return]
 
     def _do(self, op: Op) -> Any:
-        state = self.state
+        """Carry out one operation: a reserve or a settle (every call's pair) first, inline."""
         kind = type(op)
-        if type(op) is SpoolAppend:
-            return state.append(op.entry)
+        if kind is not Reserve and kind is not Settle:
+            return self._other(op, kind)
+        state = self.state
+        if not state.started:
+            state.start()
+        breaker, name, req, store = state.breaker, op.operation, op.request, self._store  # type: ignore[union-attr]
+        out: Any
+        if breaker._down_until:  # Breaker.admit, inline
+            breaker.check(name)
+        try:
+            out = store.reserve(req) if kind is Reserve else store.settle(req)  # type: ignore[arg-type]
+        except BudgetStoreUnavailable as exc:
+            raise breaker.failed(exc, name) from None
+        if breaker._down_until or breaker._outage:  # Breaker.answered, inline
+            breaker.reset()
+        if state.spool is not None:
+            state.replay()
+        return out
+
+    def _other(self, op: Op, kind: type) -> Any:
+        state = self.state
+        if kind is SpoolAppend:
+            return state.append(op.entry)  # type: ignore[union-attr]
         if kind is Replay:
             return state.replay()
         if kind is Define:
@@ -230,14 +261,8 @@ class SyncDriver:
             state.start()
         breaker, name = state.breaker, op.operation  # type: ignore[union-attr]
         breaker.admit(name)
-        out: Any
         try:
-            if type(op) is Reserve:
-                out = self._store.reserve(op.request)
-            elif type(op) is Settle:
-                out = self._store.settle(op.request)
-            else:
-                out = self._calls[kind](op)
+            out = self._calls[kind](op)
         except BudgetStoreUnavailable as exc:
             raise breaker.failed(exc, name) from None
         breaker.answered()

@@ -29,7 +29,7 @@ from ..estimate import estimate_text_tokens, has_audio_input, max_output_tokens
 from ..ledger import note_for
 from ..model_names import call_model_name, first_name
 from ..pricing import Rates, resolve_rates, unpriced_rates
-from ..records import CallRecord, Outcome
+from ..records import CallRecord, Outcome, caller_metadata
 from ..reservation import Amount, CounterRef
 from ..spool import encode_release, encode_reserve, encode_settle
 from ..status import MINIMAL_CALL_TOKENS, BudgetStatus, LimitStatus, row
@@ -45,6 +45,8 @@ from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, Plan, Planner
 from .prefixes import InputEstimator
 from .refusals import CallShape, refusal, show_refusal
+from .unpriced import unpriced_served as _unpriced_served  # noqa: F401  (tests clear it)
+from .unpriced import warn_unpriced as _warn_unpriced
 from .user import UserCallbacks
 from .watch import Watch
 
@@ -127,11 +129,13 @@ class Flows(Contention):
         Every call gets a lease of its own, whatever its run id.
         """
         run_id, messages, metadata, hint = call.run_id, call.messages, call.metadata, call.hint
-        if self.pending.has_event(run_id, call.event):
+        event = call.event  # (a property: read once)
+        if self.pending.has_event(run_id, event):
             return None
         params = call.invocation_params or {}
         model = call_model_name(params, metadata, hint.model)
-        provider = first_name((metadata.get("ls_provider"), hint.provider))
+        provider = metadata.get("ls_provider")  # first_name((ls_provider, hint.provider)), inline
+        provider = provider if isinstance(provider, str) and provider else first_name((hint.provider,))
         plan = self.planner.plan(metadata, hint.soft_ppm)
         rates = self._call_rates(model or "", provider, plan)
         prefix = None
@@ -141,25 +145,28 @@ class Flows(Contention):
             inp = 8 + sum(estimate_text_tokens(p) for p in call.prompts or ())
         out = max_output_tokens(params, hint.profile_max, self.default_max_output_tokens)
         amount = _new(Amount, (rates.worst_nanos(inp, out), inp + out, 1))
-        p = Pending(self._new_lease(), plan.refs, plan.labels, amount, rates, provider, inp, out)
-        p.owner, p.start, p.task = call.owner, call.event, current_task()
-        p.audio_in = messages is not None and has_audio_input(messages)
-        p.prefix = prefix
-        p.fit = hint.fit and self.fit_max_tokens
-        p.wait, p.thread = hint.wait, threading.get_ident()
-        p.run_id, p.parent_run_id, p.metadata, p.started = run_id, call.parent_run_id, metadata, time.time()
-        if self.watch is not None and self.watch.alerts is not None:
-            p.specs = plan.specs
+        watch = self.watch
+        # fmt: off
+        p = Pending(  # in one call, its fields in their order: no attribute written twice
+            self._new_lease(), plan.refs, plan.labels, amount, rates, provider, inp, out, call.owner,
+            event, current_task(), messages is not None and has_audio_input(messages), prefix,
+            hint.fit and self.fit_max_tokens, hint.wait, threading.get_ident(), run_id, call.parent_run_id,
+            metadata, time.time(), plan.specs if watch is not None and watch.alerts is not None else (),
+        )
+        # fmt: on
         if not self.pending.claim(run_id, p):
             return None
-        return Begun(run_id, p, plan)
+        return _new(Begun, (run_id, p, plan))
 
     def reserve(self, begun: Begun) -> Flow[None]:
         """Reserve a started call's worst case on every counter, all or nothing, or raise."""
         run_id, p, plan = begun
         req = _new(ReserveRequest, (p.lease_id, plan.specs, p.amount, self.lease_ttl, False))
         try:
-            result = yield from self._reserve_or_spool(req, plan.refs)
+            if self.spool_dir is None and self.defined:  # no spool, limits defined: just the reserve
+                result: ReserveResult | None = yield ops.Reserve(req)  # type: ignore[assignment]
+            else:
+                result = yield from self._reserve_or_spool(req, plan.refs)
             if result is not None and not result.admitted:
                 result = yield from self._refused(begun, result)
         except BaseException:  # a store fault, or the flow closed unfinished: never left pending
@@ -332,7 +339,10 @@ class Flows(Contention):
         note = note_for(rates.model, p.provider, usage, p.run_id, scopes)
         req = _new(SettleRequest, (p.lease_id, p.refs, actual, usage.estimated, not p.probe, note))
         began = time.time()
-        outcome = yield from self._settle_or_spool(p, req)
+        if self.spool_dir is None:  # a store fault reaches the caller: just the settle
+            outcome: Outcome = yield ops.Settle(req)  # type: ignore[assignment]
+        else:
+            outcome = yield from self._settle_or_spool(p, req)
         if not p.probe and actual.exceeds(p.amount):
             logger.warning(
                 "budgetguard: %s call used more than reserved "
@@ -348,6 +358,8 @@ class Flows(Contention):
             label = outcome
         if self.watch is not None and self.watch.active():
             yield from self.watch.after_settle(p, usage, actual.nanos, label, rates.model, began, outcome)
+        if self.on_record is None and not logger.isEnabledFor(logging.DEBUG):
+            return None  # (``_emit``'s own test, without its call)
         return self._emit(p, usage, actual.nanos, label, rates.model)
 
     def _settle_or_spool(self, p: Pending, req: SettleRequest) -> Flow[Outcome]:
@@ -429,21 +441,3 @@ class Flows(Contention):
                     if getattr(lim, quantity) is not None:
                         rows.append(row(label, lim, quantity, st))
         return BudgetStatus(tuple(rows), skipped, Amount(self.minimal_nanos, MINIMAL_CALL_TOKENS, 1))
-
-
-def caller_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The caller's metadata, without LangChain's ``ls_*`` keys and the guard's own markers."""
-    if not metadata:
-        return {}
-    return {k: v for k, v in metadata.items() if not k.startswith(("ls_", "budgetguard"))}
-
-
-_unpriced_served: set[str] = set()
-
-
-def _warn_unpriced(served: str, model: str) -> None:
-    """Warn of a served model with no price once per model (per process), not on every call."""
-    if served in _unpriced_served or len(_unpriced_served) >= 10_000:
-        return
-    _unpriced_served.add(served)
-    logger.warning("budgetguard: served model %r has no price; charged at %r's rates", served, model)

@@ -45,27 +45,29 @@ class Pending:
     provider: str | None
     input_est: int
     output_cap: int
+    # set by every start (``Flows.start`` passes them positionally, in this order)
+    owner: object = None  # the handler that began the call: only its end or error settles it
+    start: object = None  # the start event's prompt object: the same event seen by a second handler
+    task: asyncio.Task[object] | None = None  # the asyncio task the call began in
+    audio_in: bool = False  # the prompt carries audio: a reading that does not split it out is charged so
+    prefix: bytes | None = None  # the prompt's fingerprint: its reported input is remembered under it
+    fit: bool = False  # the model sends a fitted output cap (``fit_max_tokens``): a refusal may fit
+    wait: bool = True  # a refusal by contention waits (``contention_wait``); False on a fallback's way
+    thread: int = 0  # the thread the call began in (``held_here``)
+    run_id: UUID | None = None  # the model call's LangChain run id, and its parent's, for records
+    parent_run_id: UUID | None = None
+    metadata: Mapping[str, Any] | None = None  # the caller's metadata the plan was read from
+    started: float = 0.0  # time.time() at the start event
+    specs: tuple[CounterSpec, ...] = ()  # the counters' caps, for alerts (set only when alerts= is)
+    # changed as the call goes on
     chunks: int = 0
     out_seen: int = 0
     partial: TokenUsage | None = None
     spooled: bool = False  # reserved in the spool (store down, fail-open): settle there too
     probe: bool = False  # pipe form: the reservation was a 1-unit probe, not an estimate
-    owner: object = None  # the handler that began the call: only its end or error settles it
-    start: object = None  # the start event's prompt object: the same event seen by a second handler
-    task: asyncio.Task[object] | None = None  # the asyncio task the call began in
     ready: bool = False  # reserved: an end or error may settle it
-    audio_in: bool = False  # the prompt carries audio: a reading that does not split it out is charged so
-    prefix: bytes | None = None  # the prompt's fingerprint: its reported input is remembered under it
-    fit: bool = False  # the model sends a fitted output cap (``fit_max_tokens``): a refusal may fit
     fitted: int | None = None  # the output cap the call was lowered to, to be sent as its max tokens
-    run_id: UUID | None = None  # the model call's LangChain run id, and its parent's, for records
-    parent_run_id: UUID | None = None
-    metadata: Mapping[str, Any] | None = None  # the caller's metadata the plan was read from
-    started: float = 0.0  # time.time() at the start event
     deferred: object = None  # unreserved, for the cache to answer: what to reserve if the model is called
-    specs: tuple[CounterSpec, ...] = ()  # the counters' caps, for alerts (set only when alerts= is)
-    thread: int = 0  # the thread the call began in (``held_here``)
-    wait: bool = True  # a refusal by contention waits (``contention_wait``); False on a fallback's way
 
 
 def current_task() -> asyncio.Task[object] | None:
@@ -96,7 +98,8 @@ class PendingRuns:
 
     def has_event(self, run_id: UUID, event: object) -> bool:
         """Whether a call was already begun for this very start event (another handler's)."""
-        if event is None or run_id not in self._runs:  # claim() checks again, under the lock
+        runs = self._runs  # (empty, the common case, is told without hashing the run id)
+        if event is None or not runs or run_id not in runs:  # claim() checks again, under the lock
             return False
         with self._lock:
             return any(p.start is event for p in self._runs.get(run_id, ()))
@@ -130,8 +133,18 @@ class PendingRuns:
 
     def pop(self, run_id: UUID, owner: object = None) -> Pending | None:
         """The owner's call with this run id, preferring the one begun here; removed."""
+        p: Pending | None
         with self._lock:
-            p = self._find(run_id, owner)
+            found = self._runs.get(run_id)
+            if found is not None and len(found) == 1:  # the common case, in one look-up
+                p = found[0]
+                if not p.ready or (owner is not None and p.owner is not owner):
+                    return None
+                if p.fitted is None and p.task is None:  # nothing else to unregister (``_remove``)
+                    del self._runs[run_id]
+                    return p
+            else:
+                p = self._find(run_id, owner)
             if p is not None:
                 self._remove(run_id, p)
             return p

@@ -28,8 +28,8 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
-from ..estimate import PER_MESSAGE
-from ..tokencount import Counter
+from ..estimate import PER_CALL, PER_MESSAGE, estimate_input_tokens
+from ..tokencount import Counter, bytes_counter
 from ..usage import TokenUsage
 
 __all__ = ["DEFAULT_CAPACITY", "InputEstimator", "reply_bound"]
@@ -170,7 +170,12 @@ class InputEstimator:
     ) -> tuple[int, bytes]:
         """An upper bound on the prompt's input tokens, and its fingerprint (for ``learn``)."""
         tools = params.get("tools") or params.get("functions")
-        bound = self.counter(messages, tools, model)
+        counter = self.counter
+        bound = (  # bytes_counter, the default, called without its own frame
+            estimate_input_tokens(messages, tools)
+            if counter is bytes_counter
+            else counter(messages, tools, model)
+        )
         chain = [_root(params, model)]
         for m in messages:
             chain.append(_link(chain[-1], m))
@@ -182,7 +187,10 @@ class InputEstimator:
                     break
             else:
                 return bound, chain[-1]
-        new = self.counter(messages[i:], None, model)  # their own call overhead: a margin
+        if i == len(messages) and counter is bytes_counter:  # the whole prompt is known
+            new = PER_CALL  # (what bytes_counter gives for no messages, without a call)
+        else:
+            new = counter(messages[i:], None, model)  # their own call overhead: a margin
         return min(bound, known + new), chain[-1]
 
     def learn(self, key: bytes | None, usage: TokenUsage, response: LLMResult) -> None:
@@ -203,7 +211,11 @@ class InputEstimator:
 
 def _reply(response: LLMResult) -> BaseMessage | None:
     """The one reply a call produced; ``None`` for several (``n`` > 1) or none."""
-    gens = [g for batch in response.generations for g in batch]
+    batches = response.generations
+    if len(batches) == 1:  # the common case, without flattening
+        gens = batches[0]
+        return gens[0].message if len(gens) == 1 and isinstance(gens[0], ChatGeneration) else None
+    gens = [g for batch in batches for g in batch]
     if len(gens) == 1 and isinstance(gens[0], ChatGeneration):
         return gens[0].message
     return None

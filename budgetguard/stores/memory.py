@@ -13,8 +13,8 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import cast
+from dataclasses import replace
+from typing import NamedTuple
 
 from ..definitions import LimitDef
 from ..errors import ConfigError
@@ -32,46 +32,21 @@ from ..reservation import (
 )
 from ..windows import window_end, window_start
 from .base import Connector, ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
+from .memory_keys import Key as _Key
+from .memory_keys import Shape as _Shape
+from .memory_keys import lease_root as _root
 
 __all__ = ["MemoryConnector", "MemoryStore"]
 
-_Key = tuple[str, str, int]  # scope, per, window start
 _new = tuple.__new__  # a NamedTuple from all its fields, without its Python-level __new__
+_RecordFields = tuple[int, str, str, bool, Amount, tuple[Charge, ...], LedgerNote | None]
 
 
-@dataclass(slots=True)
-class _Lease:
+class _Lease(NamedTuple):  # never changed: a tuple, made with _new
     keys: tuple[_Key, ...]
     amount: Amount
     expires_at: float
     expire_after: tuple[float | None, ...]  # each counter's, as its CounterRef says
-
-
-def _root(refs: Sequence[CounterRef]) -> str:
-    """Where a lease's closed id is filed: the first counter's root scope (as RedisStore does)."""
-    return refs[0].scope.split("/", 1)[0] if refs else "global"
-
-
-class _Shape:
-    """A reserve's counters as the store files them, and their keys in the current windows."""
-
-    __slots__ = ("eas", "hi", "kept", "keys", "lo", "refs", "root", "specs")
-
-    def __init__(self, specs: tuple[CounterSpec, ...]) -> None:
-        self.specs = specs  # (held: the cache is keyed by its id)
-        self.refs = tuple(spec.ref for spec in specs)
-        self.eas = tuple(ref.expire_after for ref in self.refs)
-        self.kept = all(ea is None for ea in self.eas)  # no counter's deadline moves when it is used
-        self.root = _root(self.refs)
-        self.keys: tuple[_Key, ...] = ()
-        self.lo, self.hi = math.inf, -math.inf  # the span of time the keys hold for (none yet)
-
-    def window(self, now: float) -> None:
-        """The keys at ``now`` (``MemoryStore._key``), and until when they hold: every window's."""
-        self.keys = tuple([(ref.scope, ref.per, window_start(ref.per, now)) for ref in self.refs])
-        ends = [window_end(k[1], k[2]) for k in self.keys]
-        self.lo = max((k[2] for k in self.keys), default=-math.inf)
-        self.hi = min((math.inf if e is None else e for e in ends), default=math.inf)
 
 
 class MemoryStore(Store):
@@ -114,7 +89,8 @@ class MemoryStore(Store):
         self._gc_heap: list[tuple[float, int, str, object]] = []
         self._gc_seq = 0
         self._alerts: dict[str, float] = {}  # claimed alert key -> when the claim lapses (inf: never)
-        self._ledger: deque[LedgerRecord] | None = deque(maxlen=ledger_cap) if ledger_cap else None
+        #: LedgerRecord's fields as a plain tuple (made a record when read: no frozen dataclass per call)
+        self._ledger: deque[_RecordFields] | None = deque(maxlen=ledger_cap) if ledger_cap else None
         self._defs: dict[LimitDef, float] = {}
         self._shapes: dict[int, _Shape] = {}  # by id: each holds its specs, so no id is reused
         self._roots: dict[int, tuple[tuple[CounterRef, ...], str]] = {}
@@ -235,10 +211,7 @@ class MemoryStore(Store):
             st = self._counters.get(key)
             after = st.spent if st is not None else Amount()
             charges.append(_new(Charge, (key[0], key[1], key[2], after - before)))
-        rec = LedgerRecord(
-            int(now * 1_000_000), outcome, lease_id, estimated, cost, tuple(charges), note or LedgerNote()
-        )
-        self._ledger.append(rec)
+        self._ledger.append((int(now * 1_000_000), outcome, lease_id, estimated, cost, tuple(charges), note))
 
     def _spent(self, keys: Sequence[_Key]) -> list[Amount]:
         out = []
@@ -282,10 +255,11 @@ class MemoryStore(Store):
             self._sweep(now)
             shape = self._shape(req.counters)
             lease_id = req.lease_id
+            ids = self._settled.get(shape.root)  # (a new id is in none of these: no call to _closed)
             if (
                 lease_id in self._leases
                 or lease_id in self._expired
-                or self._closed(shape.root, lease_id, now)
+                or (ids is not None and lease_id in ids and self._closed(shape.root, lease_id, now))
             ):
                 # a replayed reserve: the lease is live, expired or closed already; never reserve twice
                 return ReserveResult(True, (), None)
@@ -294,9 +268,12 @@ class MemoryStore(Store):
             keys, eas = shape.keys, shape.eas
             counters = self._counters
             found = [counters.get(k) for k in keys]
-            known = None not in found
+            known = True  # (``None not in found`` would call CounterState.__eq__ on each)
+            for st in found:
+                if st is None:
+                    known = False
             states: list[CounterState] = (
-                cast("list[CounterState]", found)
+                found  # type: ignore[assignment]
                 if known
                 else [st or CounterState(k[2]) for st, k in zip(found, keys, strict=True)]
             )
@@ -315,7 +292,7 @@ class MemoryStore(Store):
                         st = states[i] = self._state(k, now, ea)
                     apply_reserve(st, amount)
             expires = now + req.ttl
-            self._track(req.lease_id, _Lease(keys, amount, expires, eas))
+            self._track(req.lease_id, _new(_Lease, (keys, amount, expires, eas)))
             # Callers read states only to explain a refusal or a forced record.
             snapshot = tuple(replace(s) for s in states) if req.force else ()
             return _new(ReserveResult, (True, snapshot, violation))
@@ -325,7 +302,8 @@ class MemoryStore(Store):
             now = self._clock()
             self._sweep(now)
             root = self._root_of(req.counters)
-            if self._closed(root, req.lease_id, now):
+            ids = self._settled.get(root)  # (a first settle is not among them: no call to _closed)
+            if ids is not None and req.lease_id in ids and self._closed(root, req.lease_id, now):
                 return "replay"
             outcome: SettleOutcome
             lease = self._leases.pop(req.lease_id, None)
@@ -426,7 +404,8 @@ class MemoryStore(Store):
 
     def ledger_records(self, since: float | None = None, until: float | None = None) -> list[LedgerRecord]:
         with self._lock:
-            return list(charges_between(list(self._ledger or ()), since, until))
+            records = [LedgerRecord(*fields[:6], fields[6] or LedgerNote()) for fields in self._ledger or ()]
+        return list(charges_between(records, since, until))
 
     def scopes(self) -> list[tuple[str, str]]:
         with self._lock:
