@@ -36,10 +36,10 @@ from typing import Any
 from genai_prices.data_snapshot import DataSnapshot
 from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
 from genai_prices.units import UnitRegistry
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ConfigError, UnknownModelPrice
 from .model_names import bare_model_name
+from .price import Price
 from .providers import (
     BEDROCK_REGION_PREFIXES,
     LOCAL_PROVIDERS,
@@ -79,26 +79,6 @@ _COUNT_AT = {
 
 #: A unit as ``numerator`` walks it: its count's place (``_COUNT_AT``), rate, tiers and descendants.
 _Step = tuple[int, int, tuple[tuple[int, int], ...], tuple[int, ...]]
-
-
-class Price(BaseModel):
-    """A user-supplied price, in USD per million tokens.
-
-    A cache rate left as ``None`` bills those tokens at the input rate.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    input_per_mtok: Decimal = Field(ge=0, allow_inf_nan=False)
-    output_per_mtok: Decimal = Field(ge=0, allow_inf_nan=False)
-    cache_read_per_mtok: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
-    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_float_drift(cls, v: Any) -> Any:
-        # Decimal(0.1) carries binary noise; go through repr so 0.1 means 0.1.
-        return Decimal(repr(v)) if isinstance(v, float) else v
 
 
 @dataclass(frozen=True, slots=True)
