@@ -226,28 +226,10 @@ class SyncDriver:
                 return stop.value  # type: ignore[no-any-return]
 
     def _do(self, op: Op) -> Any:
-        """Carry out one operation: a reserve or a settle (every call's pair) first, inline."""
+        """Carry out one operation: a reserve or a settle (every call's pair) is tested for first."""
         kind = type(op)
-        if kind is not Reserve and kind is not Settle:
-            return self._other(op, kind)
-        state = self.state
-        if not state.started:
-            state.start()
-        breaker, name, req, store = state.breaker, op.operation, op.request, self._store  # type: ignore[union-attr]
-        out: Any
-        if breaker._down_until:  # Breaker.admit, inline
-            breaker.check(name)
-        try:
-            out = store.reserve(req) if kind is Reserve else store.settle(req)  # type: ignore[arg-type]
-        except BudgetStoreUnavailable as exc:
-            raise breaker.failed(exc, name) from None
-        if breaker._down_until or breaker._outage:  # Breaker.answered, inline
-            breaker.reset()
-        if state.spool is not None:
-            state.replay()
-        return out
-
-    def _other(self, op: Op, kind: type) -> Any:
+        if kind is Reserve or kind is Settle:
+            return self._stored(op, kind)
         state = self.state
         if kind is SpoolAppend:
             return state.append(op.entry)  # type: ignore[union-attr]
@@ -257,12 +239,23 @@ class SyncDriver:
             return state.define(lambda: self._store.define_limits(op.defs))  # type: ignore[union-attr]
         if kind is Sleep:
             return _sleep(op.seconds)  # type: ignore[union-attr]
+        return self._stored(op, kind)
+
+    def _stored(self, op: Op, kind: type) -> Any:
+        """A store operation, through the breaker; a spool left from an outage is replayed after it."""
+        state = self.state
         if not state.started:
             state.start()
-        breaker, name = state.breaker, op.operation  # type: ignore[union-attr]
+        breaker, name, store = state.breaker, op.operation, self._store  # type: ignore[union-attr]
         breaker.admit(name)
+        out: Any
         try:
-            out = self._calls[kind](op)
+            if kind is Reserve:
+                out = store.reserve(op.request)  # type: ignore[union-attr,arg-type]
+            elif kind is Settle:
+                out = store.settle(op.request)  # type: ignore[union-attr,arg-type]
+            else:
+                out = self._calls[kind](op)
         except BudgetStoreUnavailable as exc:
             raise breaker.failed(exc, name) from None
         breaker.answered()
