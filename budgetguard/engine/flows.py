@@ -134,8 +134,7 @@ class Flows(Contention):
             return None
         params = call.invocation_params or {}
         model = call_model_name(params, metadata, hint.model)
-        provider = metadata.get("ls_provider")  # first_name((ls_provider, hint.provider)), inline
-        provider = provider if isinstance(provider, str) and provider else first_name((hint.provider,))
+        provider = first_name((metadata.get("ls_provider"), hint.provider))
         plan = self.planner.plan(metadata, hint.soft_ppm)
         rates = self._call_rates(model or "", provider, plan)
         prefix = None
@@ -163,10 +162,7 @@ class Flows(Contention):
         run_id, p, plan = begun
         req = _new(ReserveRequest, (p.lease_id, plan.specs, p.amount, self.lease_ttl, False))
         try:
-            if self.spool_dir is None and self.defined:  # no spool, limits defined: just the reserve
-                result: ReserveResult | None = yield ops.Reserve(req)  # type: ignore[assignment]
-            else:
-                result = yield from self._reserve_or_spool(req, plan.refs)
+            result = yield from self._reserve_or_spool(req, plan.refs)
             if result is not None and not result.admitted:
                 result = yield from self._refused(begun, result)
         except BaseException:  # a store fault, or the flow closed unfinished: never left pending
@@ -339,10 +335,7 @@ class Flows(Contention):
         note = note_for(rates.model, p.provider, usage, p.run_id, scopes)
         req = _new(SettleRequest, (p.lease_id, p.refs, actual, usage.estimated, not p.probe, note))
         began = time.time()
-        if self.spool_dir is None:  # a store fault reaches the caller: just the settle
-            outcome: Outcome = yield ops.Settle(req)  # type: ignore[assignment]
-        else:
-            outcome = yield from self._settle_or_spool(p, req)
+        outcome = yield from self._settle_or_spool(p, req)
         if not p.probe and actual.exceeds(p.amount):
             logger.warning(
                 "budgetguard: %s call used more than reserved "
@@ -358,8 +351,6 @@ class Flows(Contention):
             label = outcome
         if self.watch is not None and self.watch.active():
             yield from self.watch.after_settle(p, usage, actual.nanos, label, rates.model, began, outcome)
-        if self.on_record is None and not logger.isEnabledFor(logging.DEBUG):
-            return None  # (``_emit``'s own test, without its call)
         return self._emit(p, usage, actual.nanos, label, rates.model)
 
     def _settle_or_spool(self, p: Pending, req: SettleRequest) -> Flow[Outcome]:
