@@ -41,12 +41,13 @@ def test_the_real_request_cap_still_counts() -> None:
     assert llm.calls.count == 1
 
 
-def test_the_demo_runs_in_memory_whatever_the_environment_says(redis_server: RedisServer) -> None:
+def test_the_demo_runs_in_memory_whatever_the_environment_says(fresh_redis: RedisServer) -> None:
     """Before the fix the demo wrote to ``$BUDGETGUARD_STORE``'s global counter.
 
-    Its second run was then refused at call 1.
+    Its second run was then refused at call 1. A server of its own: the
+    session's shared one holds other tests' keys under the default prefix.
     """
-    env = {**os.environ, "BUDGETGUARD_STORE": redis_server.url}
+    env = {**os.environ, "BUDGETGUARD_STORE": fresh_redis.url}
     runs = [
         subprocess.run(
             [sys.executable, "-m", "budgetguard.cli", "demo"], env=env, capture_output=True, text=True
@@ -57,7 +58,7 @@ def test_the_demo_runs_in_memory_whatever_the_environment_says(redis_server: Red
         assert run.returncode == 0, run.stderr
         assert "   1  gpt-4o" in run.stdout, run.stdout
     assert runs[0].stdout == runs[1].stdout
-    client = redis_server.client()
+    client = fresh_redis.client()
     assert not client.keys("budgetguard:*"), "the demo must leave the configured store untouched"
 
 
