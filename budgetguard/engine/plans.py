@@ -2,7 +2,9 @@
 
 Limits that land on the same (scope, period) share one counter, capped by
 the tightest of them. A guard whose scopes have no template fields has one
-plan for every call, built once.
+plan for every call, built once; a templated one keeps the plans of the
+tenants it saw lately (a tenant's next call reuses its plan, and the stores'
+per-plan key caches with it).
 """
 
 from __future__ import annotations
@@ -65,24 +67,49 @@ class Plan:
         self.refs = tuple(s.ref for s in self.specs)  # a static plan is reused: computed once
 
 
+#: Templated plans kept per guard: past it the cache starts afresh (a miss only costs a build).
+PLAN_CACHE_SIZE = 4096
+
+
 class Planner:
     """A guard's limits, ready to be rendered for a call."""
 
     def __init__(self, limits: Sequence[Limit]) -> None:
         self.templates = [(ScopeTemplate.parse(lim.scope or DEFAULT_SCOPE), lim) for lim in limits]
         self._static: dict[int | None, Plan] = {}
-        self._all_static = all(not t.fields for t, _ in self.templates)
+        self._fields = tuple(dict.fromkeys(f for t, _ in self.templates for f in t.fields))
+        self._plans: dict[tuple[Any, ...], Plan] = {}
 
     def plan(self, metadata: Mapping[str, Any], soft_ppm: int | None = None) -> Plan:
         """The counters a call with this metadata must fit (``MissingScope`` if it lacks a field)."""
-        if self._all_static:
+        if not self._fields:
             cached = self._static.get(soft_ppm)
-            if cached is not None:
-                return cached
-        plan = build_plan(self.templates, metadata, soft_ppm)
-        if self._all_static:
-            self._static[soft_ppm] = plan
+            if cached is None:
+                cached = self._static[soft_ppm] = build_plan(self.templates, metadata, soft_ppm)
+            return cached
+        key = self._key(metadata, soft_ppm)
+        plan = self._plans.get(key) if key is not None else None
+        if plan is None:
+            plan = build_plan(self.templates, metadata, soft_ppm)  # raises on a missing or bad field
+            if key is not None:
+                if len(self._plans) >= PLAN_CACHE_SIZE:
+                    self._plans.clear()
+                self._plans[key] = plan
         return plan
+
+    def _key(self, metadata: Mapping[str, Any], soft_ppm: int | None) -> tuple[Any, ...] | None:
+        """What a templated plan depends on; ``None`` (not cached) unless every value is a str or int.
+
+        A str and an int that render alike are two entries, each right; a bool
+        or any other type is refused by the build, so it is never cached.
+        """
+        values: list[Any] = [soft_ppm]
+        for f in self._fields:
+            v = metadata.get(f)
+            if type(v) is not str and type(v) is not int:
+                return None
+            values.append(v)
+        return tuple(values)
 
     def keys(self, scope: str) -> list[str]:
         """The store keys a scope written plainly (``user:alice@example.com``) can stand for.
