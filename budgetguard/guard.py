@@ -213,6 +213,7 @@ class BudgetGuard(Runnable[Any, Any]):
         return self.engine.settled(timeout)
 
     async def aflush(self, timeout: float | None = None) -> bool:
+        """``flush``; first it waits for the releases and settles of this event loop's cancelled calls."""
         return await self.engine.asettled(timeout)
 
     def health(self) -> Health:

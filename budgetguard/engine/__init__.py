@@ -186,10 +186,19 @@ class Engine:
         return settler is None or settler.idle or settler.drain(timeout)
 
     async def asettled(self, timeout: float | None = None) -> bool:
+        """``settled``, after the closes of this loop's cancelled calls (so their records are out)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while mine := [t for t in self._tasks if t.get_loop() is loop and not t.done()]:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            await asyncio.wait(mine, timeout=left)
         settler = self.settler
         if settler is None or settler.idle:
             return True
-        return await asyncio.to_thread(settler.drain, timeout)
+        left = None if deadline is None else max(0.0, deadline - loop.time())
+        return await asyncio.to_thread(settler.drain, left)
 
     def fail(self, run_id: UUID, error: BaseException, owner: object = None) -> CallRecord | None:
         return self._sync.run(self.flows.fail(run_id, error, owner))

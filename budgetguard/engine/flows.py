@@ -216,10 +216,13 @@ class Flows(Contention):
         """A call cancelled while it reserved never reached the model: release what may have landed.
 
         Released whether or not it landed: a release leaves a tombstone, so a
-        reserve arriving after it is not applied.
+        reserve arriving after it is not applied. It reaches ``on_record`` as
+        ``released``, as a call that failed before the provider answered does.
         """
-        self.pending.discard(begun.run_id, begun.pending)
-        yield from self._release(begun.pending)
+        p = begun.pending
+        self.pending.discard(begun.run_id, p)
+        yield from self._release(p)
+        self._emit(p, TokenUsage(), 0, "released", p.rates.model)  # on the record, like any release
 
     def _reserve_or_spool(
         self, req: ReserveRequest, refs: tuple[CounterRef, ...]

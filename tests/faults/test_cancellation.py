@@ -150,16 +150,19 @@ class SwallowingRedisStore(RedisStore):
 
 async def test_a_cancel_swallowed_below_the_reserve_is_still_honoured(redis_server: RedisServer) -> None:
     store = SwallowingRedisStore.from_url(redis_server.url, prefix=f"cancel-{uuid.uuid4().hex}:")
-    guard = BudgetGuard(limits=LIMITS, store=store)
+    records: list[CallRecord] = []
+    guard = BudgetGuard(limits=LIMITS, store=store, on_record=records.append)
     model = slow_model()
     llm = guard.wrap(model)
     for i in range(3):
         with pytest.raises(asyncio.TimeoutError):  # not the model's answer, 5 s later
             await asyncio.wait_for(llm.ainvoke(f"q{i}"), 0.1)
-    await settled(guard)
+    assert await guard.aflush(timeout=5)
     assert model.calls.count == 0, "the model was called after its caller had cancelled"
     assert held(guard)["requests"] == (0, 0), "a call that never reached the model was charged or held"
     assert len(guard.engine.pending) == 0
+    # each withdrawn call is on the record, as released and free
+    assert [(r.outcome, r.cost_usd) for r in records] == [("released", 0)] * 3
 
 
 async def test_langgraph_step_timeout_leaves_nothing_pending() -> None:
