@@ -25,8 +25,17 @@ from test_faults import LIMITS, expected, fake, totals, wait_until
 
 from budgetguard import BudgetGuard, CallRecord, ConfigError
 from budgetguard.engine.settler import Settler
+from budgetguard.telemetry import Telemetry
 
 pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(autouse=True)
+def _no_otel_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about a process with no OpenTelemetry SDK. ``tests/observe`` sets one for the
+    whole process (OpenTelemetry's providers can be set only once), and with one, settles stay
+    inline by design (the last test here checks that): so, whatever ran before, none is seen."""
+    monkeypatch.setattr(Telemetry, "live", lambda self: False)
 
 
 def background(url: str, spool_dir: Path, **options: Any) -> tuple[BudgetGuard, list[CallRecord]]:
@@ -235,3 +244,20 @@ def test_a_forked_child_settles_with_a_thread_of_its_own(fresh_redis: RedisServe
     assert child.exitcode == 0
     assert out.get(timeout=5) == (2, 0)
     assert guard.flush(10) and totals(guard)["requests"] == (2, 0)
+
+
+def test_with_an_otel_sdk_settles_stay_in_the_caller(
+    fresh_redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their spans and metrics belong to the caller's context, as the README says."""
+    monkeypatch.setattr(Telemetry, "live", lambda self: True)
+    threads: list[str] = []
+    guard = BudgetGuard(
+        limits=LIMITS,
+        store=fresh_redis.url,
+        spool_dir=tmp_path,
+        settle="background",
+        on_record=lambda rec: threads.append(threading.current_thread().name),
+    )
+    guard.wrap(fake()).invoke("hi")
+    assert threads == [threading.current_thread().name]
