@@ -267,7 +267,7 @@ class MemoryStore(Store):
                 shape.window(now)
             keys, eas = shape.keys, shape.eas
             counters = self._counters
-            found = [counters.get(k) for k in keys]
+            found = list(map(counters.get, keys))  # (no comprehension frame)
             known = True  # (``None not in found`` would call CounterState.__eq__ on each)
             for st in found:
                 if st is None:
