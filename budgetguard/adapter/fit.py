@@ -46,15 +46,16 @@ def cap_field(cls: type[Any]) -> str | None:
     return next((k for k in CAP_KEYS if k in fields), None)
 
 
-def _fitted_cap(model: BaseChatModel, run_manager: Any) -> int | None:
+def _fitted_cap(handlers: list[Any], run_manager: Any) -> int | None:
+    """The lowest cap the model's handlers fitted this call to (a loop: no comprehension frame)."""
     run_id = getattr(run_manager, "run_id", None)  # None in a stream: the call begun in this context
-    caps = [c for h in _handlers(model) if (c := _cap_of(h, run_id)) is not None]
-    return min(caps) if caps else None
-
-
-def _cap_of(handler: Any, run_id: Any) -> int | None:
-    ask = getattr(handler, "fitted_cap", None)
-    return ask(run_id) if callable(ask) else None
+    cap = None
+    for h in handlers:
+        ask = getattr(h, "fitted_cap", None)
+        c = ask(run_id) if callable(ask) else None
+        if c is not None and (cap is None or c < cap):
+            cap = c
+    return cap
 
 
 def _handlers(model: BaseChatModel) -> list[Any]:
@@ -62,10 +63,11 @@ def _handlers(model: BaseChatModel) -> list[Any]:
     return list(cbs if isinstance(cbs, list) else getattr(cbs, "handlers", ()))
 
 
-def _reserve_deferred(model: BaseChatModel, run_manager: Any) -> None:
+def _reserve_deferred(model: BaseChatModel, run_manager: Any) -> list[Any]:
     """A refusal held for this call is raised here (``adapter/traces.py``), inside the model call.
 
     A call left unreserved for the cache that turned out to miss is reserved now, or raises.
+    Returns the model's handlers, for ``_lowered``.
     """
     run_manager = run_manager_of(run_manager)
     refused = take_refusal(model, run_manager)
@@ -73,28 +75,36 @@ def _reserve_deferred(model: BaseChatModel, run_manager: Any) -> None:
         announce(model, run_manager, refused)
         raise refused
     run_id = getattr(run_manager, "run_id", None)  # None in a stream: the call begun in this context
-    for h in _handlers(model):
+    handlers = _handlers(model)
+    for h in handlers:
         if callable(getattr(h, "reserve_deferred", None)):
             h.reserve_deferred(run_id)
     announce(model, run_manager)
+    return handlers
 
 
-async def _areserve_deferred(model: BaseChatModel, run_manager: Any) -> None:
+async def _areserve_deferred(model: BaseChatModel, run_manager: Any) -> list[Any]:
     run_manager = run_manager_of(run_manager)
     refused = take_refusal(model, run_manager)
     if refused is not None:
         await aannounce(model, run_manager, refused)
         raise refused
     run_id = getattr(run_manager, "run_id", None)
-    for h in _handlers(model):
+    handlers = _handlers(model)
+    for h in handlers:
         if callable(getattr(h, "areserve_deferred", None)):
             await h.areserve_deferred(run_id)
     await aannounce(model, run_manager)
+    return handlers
 
 
-def _lowered(model: BaseChatModel, field: str | None, run_manager: Any, kwargs: dict[str, Any]) -> Any:
-    """The model to call (a copy with its cap lowered), ``kwargs`` lowered in place; or the model."""
-    cap = None if field is None else _fitted_cap(model, run_manager)
+def _lowered(
+    model: BaseChatModel, field: str | None, run_manager: Any, kwargs: dict[str, Any], handlers: list[Any]
+) -> Any:
+    """The model to call (a copy with its cap lowered), ``kwargs`` lowered in place; or the model.
+
+    ``handlers``: the model's, as ``_reserve_deferred`` found them just before."""
+    cap = None if field is None else _fitted_cap(handlers, run_manager)
     if cap is None or field is None:
         return model
     for key in CAP_KEYS:
@@ -176,30 +186,26 @@ def _hooks(base: type[BaseChatModel], field: str | None) -> dict[str, Any]:
     raw = bool(raw_usage_hooks(base))  # its stream drops usage details: kept (adapter/rawusage.py)
 
     def _generate(self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
-        _reserve_deferred(self, run_manager)
-        target = _lowered(self, field, run_manager, kwargs)
+        target = _lowered(self, field, run_manager, kwargs, _reserve_deferred(self, run_manager))
         return base._generate(target, messages, stop, run_manager, **kwargs)
 
     async def _agenerate(
         self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
     ) -> Any:
-        await _areserve_deferred(self, run_manager)
-        target = _lowered(self, field, run_manager, kwargs)
+        target = _lowered(self, field, run_manager, kwargs, await _areserve_deferred(self, run_manager))
         return await base._agenerate(target, messages, stop, run_manager, **kwargs)
 
     def _stream(
         self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
     ) -> Iterator[Any]:
-        _reserve_deferred(self, run_manager)
-        target = _lowered(self, field, run_manager, kwargs)
+        target = _lowered(self, field, run_manager, kwargs, _reserve_deferred(self, run_manager))
         chunks = base._stream(target, messages, stop, run_manager, **kwargs)
         yield from with_raw_details(chunks) if raw else chunks
 
     async def _astream(
         self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        await _areserve_deferred(self, run_manager)
-        target = _lowered(self, field, run_manager, kwargs)
+        target = _lowered(self, field, run_manager, kwargs, await _areserve_deferred(self, run_manager))
         teed = araw_details(target) if raw else None
         if teed is None:
             async for chunk in base._astream(target, messages, stop, run_manager, **kwargs):
