@@ -28,7 +28,7 @@ from langchain_core.load import dumps
 
 from ..estimate import CAP_KEYS
 from .rawusage import adetailed, araw_details, raw_usage_hooks, with_raw_details
-from .traces import aannounce, announce, run_manager_of, take_refusal
+from .traces import aannounce, announce, held, run_manager_of, take_refusal
 
 __all__ = ["cap_field", "cache_will_answer", "fitting_class"]
 
@@ -69,8 +69,9 @@ def _reserve_deferred(model: BaseChatModel, run_manager: Any) -> list[Any]:
     A call left unreserved for the cache that turned out to miss is reserved now, or raises.
     Returns the model's handlers, for ``_lowered``.
     """
-    run_manager = run_manager_of(run_manager)
-    refused = take_refusal(model, run_manager)
+    if run_manager is None:  # a stream's hook: its stream()'s run manager, a few frames up
+        run_manager = run_manager_of(run_manager)
+    refused = take_refusal(model, run_manager) if held.waiting else None  # (none held: no call)
     if refused is not None:
         announce(model, run_manager, refused)
         raise refused
@@ -84,8 +85,9 @@ def _reserve_deferred(model: BaseChatModel, run_manager: Any) -> list[Any]:
 
 
 async def _areserve_deferred(model: BaseChatModel, run_manager: Any) -> list[Any]:
-    run_manager = run_manager_of(run_manager)
-    refused = take_refusal(model, run_manager)
+    if run_manager is None:  # a stream's hook: its stream()'s run manager, a few frames up
+        run_manager = run_manager_of(run_manager)
+    refused = take_refusal(model, run_manager) if held.waiting else None  # (none held: no call)
     if refused is not None:
         await aannounce(model, run_manager, refused)
         raise refused
@@ -119,7 +121,8 @@ def _lowered(
 def _cache_key(model: BaseChatModel, stop: Any, kwargs: dict[str, Any]) -> tuple[BaseCache, str] | None:
     """The cache and llm string ``_generate_with_cache`` will use, as ``generate`` passes them on."""
     cache = model.cache
-    llm_cache = cache if isinstance(cache, BaseCache) else get_llm_cache()
+    # (None, the common case, is told without an isinstance check against the BaseCache ABC)
+    llm_cache = get_llm_cache() if cache is None or not isinstance(cache, BaseCache) else cache
     if cache is False or llm_cache is None:
         return None
     kw = {k: v for k, v in kwargs.items() if k not in _NOT_PARAMS}
