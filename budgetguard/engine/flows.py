@@ -175,8 +175,9 @@ class Flows(Contention):
             raise exc
         p.spooled = result is None
         self.pending.reserved(run_id, p)
-        if self.watch is not None and self.watch.active():
-            self.watch.admitted(p)
+        watch = self.watch
+        if watch is not None and watch.active():
+            watch.admitted(p)
 
     def _fit(self, begun: Begun, refused: ReserveResult) -> Flow[ReserveResult | None]:
         """Reserve again with the output cap lowered to what the budget affords, if that is enough."""
