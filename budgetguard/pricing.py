@@ -55,6 +55,7 @@ __all__ = [
     "context_window",
     "cost",
     "cost_nanos",
+    "fixed_price",
     "resolve_rates",
     "unpriced_rates",
 ]
@@ -371,6 +372,16 @@ def resolve_rates(
         None if hint is None else f"it is not in the bundled genai-prices data; {hint.format(model=model)}"
     )
     raise UnknownModelPrice(model, provider, reason=reason)
+
+
+def fixed_price(model: str, provider: str | None, prices: Mapping[str, Price] | None = None) -> bool:
+    """Whether ``resolve_rates`` gives ``model`` the same rates at every date (a caller may keep them):
+    a price of the user's, or bundled prices that do not change by date."""
+    model = bare_model_name(model)
+    if prices and (prices.get(model) or prices.get(model.lower())) is not None:
+        return True
+    entry = _bundled(model, provider)
+    return entry is None or entry.static is not None
 
 
 def unpriced_rates(model: str, provider: str | None) -> Rates:

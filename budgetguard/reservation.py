@@ -168,7 +168,8 @@ def first_violation(
 
 
 def apply_reserve(st: CounterState, amount: Amount) -> None:
-    st.reserved = st.reserved + amount
+    r = st.reserved  # (``st.reserved + amount``, without Amount.__add__'s frame: every reserve)
+    st.reserved = _new(Amount, (r[0] + amount[0], r[1] + amount[1], r[2] + amount[2]))
 
 
 def apply_release(st: CounterState, amount: Amount) -> None:

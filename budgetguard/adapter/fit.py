@@ -28,7 +28,7 @@ from langchain_core.load import dumps
 
 from ..estimate import CAP_KEYS
 from .rawusage import adetailed, araw_details, raw_usage_hooks, with_raw_details
-from .traces import aannounce, announce, run_manager_of, take_refusal
+from .traces import aannounce, announce, held, run_manager_of, take_refusal
 
 __all__ = ["cap_field", "cache_will_answer", "fitting_class"]
 
@@ -46,15 +46,16 @@ def cap_field(cls: type[Any]) -> str | None:
     return next((k for k in CAP_KEYS if k in fields), None)
 
 
-def _fitted_cap(model: BaseChatModel, run_manager: Any) -> int | None:
+def _fitted_cap(handlers: list[Any], run_manager: Any) -> int | None:
+    """The lowest cap the model's handlers fitted this call to (a loop: no comprehension frame)."""
     run_id = getattr(run_manager, "run_id", None)  # None in a stream: the call begun in this context
-    caps = [c for h in _handlers(model) if (c := _cap_of(h, run_id)) is not None]
-    return min(caps) if caps else None
-
-
-def _cap_of(handler: Any, run_id: Any) -> int | None:
-    ask = getattr(handler, "fitted_cap", None)
-    return ask(run_id) if callable(ask) else None
+    cap = None
+    for h in handlers:
+        ask = getattr(h, "fitted_cap", None)
+        c = ask(run_id) if callable(ask) else None
+        if c is not None and (cap is None or c < cap):
+            cap = c
+    return cap
 
 
 def _handlers(model: BaseChatModel) -> list[Any]:
@@ -62,39 +63,50 @@ def _handlers(model: BaseChatModel) -> list[Any]:
     return list(cbs if isinstance(cbs, list) else getattr(cbs, "handlers", ()))
 
 
-def _reserve_deferred(model: BaseChatModel, run_manager: Any) -> None:
+def _reserve_deferred(model: BaseChatModel, run_manager: Any) -> list[Any]:
     """A refusal held for this call is raised here (``adapter/traces.py``), inside the model call.
 
     A call left unreserved for the cache that turned out to miss is reserved now, or raises.
+    Returns the model's handlers, for ``_lowered``.
     """
-    run_manager = run_manager_of(run_manager)
-    refused = take_refusal(model, run_manager)
+    if run_manager is None:  # a stream's hook: its stream()'s run manager, a few frames up
+        run_manager = run_manager_of(run_manager)
+    refused = take_refusal(model, run_manager) if held.waiting else None  # (none held: no call)
     if refused is not None:
         announce(model, run_manager, refused)
         raise refused
     run_id = getattr(run_manager, "run_id", None)  # None in a stream: the call begun in this context
-    for h in _handlers(model):
+    handlers = _handlers(model)
+    for h in handlers:
         if callable(getattr(h, "reserve_deferred", None)):
             h.reserve_deferred(run_id)
     announce(model, run_manager)
+    return handlers
 
 
-async def _areserve_deferred(model: BaseChatModel, run_manager: Any) -> None:
-    run_manager = run_manager_of(run_manager)
-    refused = take_refusal(model, run_manager)
+async def _areserve_deferred(model: BaseChatModel, run_manager: Any) -> list[Any]:
+    if run_manager is None:  # a stream's hook: its stream()'s run manager, a few frames up
+        run_manager = run_manager_of(run_manager)
+    refused = take_refusal(model, run_manager) if held.waiting else None  # (none held: no call)
     if refused is not None:
         await aannounce(model, run_manager, refused)
         raise refused
     run_id = getattr(run_manager, "run_id", None)
-    for h in _handlers(model):
+    handlers = _handlers(model)
+    for h in handlers:
         if callable(getattr(h, "areserve_deferred", None)):
             await h.areserve_deferred(run_id)
     await aannounce(model, run_manager)
+    return handlers
 
 
-def _lowered(model: BaseChatModel, field: str | None, run_manager: Any, kwargs: dict[str, Any]) -> Any:
-    """The model to call (a copy with its cap lowered), ``kwargs`` lowered in place; or the model."""
-    cap = None if field is None else _fitted_cap(model, run_manager)
+def _lowered(
+    model: BaseChatModel, field: str | None, run_manager: Any, kwargs: dict[str, Any], handlers: list[Any]
+) -> Any:
+    """The model to call (a copy with its cap lowered), ``kwargs`` lowered in place; or the model.
+
+    ``handlers``: the model's, as ``_reserve_deferred`` found them just before."""
+    cap = None if field is None else _fitted_cap(handlers, run_manager)
     if cap is None or field is None:
         return model
     for key in CAP_KEYS:
@@ -109,7 +121,8 @@ def _lowered(model: BaseChatModel, field: str | None, run_manager: Any, kwargs: 
 def _cache_key(model: BaseChatModel, stop: Any, kwargs: dict[str, Any]) -> tuple[BaseCache, str] | None:
     """The cache and llm string ``_generate_with_cache`` will use, as ``generate`` passes them on."""
     cache = model.cache
-    llm_cache = cache if isinstance(cache, BaseCache) else get_llm_cache()
+    # (None, the common case, is told without an isinstance check against the BaseCache ABC)
+    llm_cache = get_llm_cache() if cache is None or not isinstance(cache, BaseCache) else cache
     if cache is False or llm_cache is None:
         return None
     kw = {k: v for k, v in kwargs.items() if k not in _NOT_PARAMS}
@@ -176,30 +189,26 @@ def _hooks(base: type[BaseChatModel], field: str | None) -> dict[str, Any]:
     raw = bool(raw_usage_hooks(base))  # its stream drops usage details: kept (adapter/rawusage.py)
 
     def _generate(self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
-        _reserve_deferred(self, run_manager)
-        target = _lowered(self, field, run_manager, kwargs)
+        target = _lowered(self, field, run_manager, kwargs, _reserve_deferred(self, run_manager))
         return base._generate(target, messages, stop, run_manager, **kwargs)
 
     async def _agenerate(
         self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
     ) -> Any:
-        await _areserve_deferred(self, run_manager)
-        target = _lowered(self, field, run_manager, kwargs)
+        target = _lowered(self, field, run_manager, kwargs, await _areserve_deferred(self, run_manager))
         return await base._agenerate(target, messages, stop, run_manager, **kwargs)
 
     def _stream(
         self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
     ) -> Iterator[Any]:
-        _reserve_deferred(self, run_manager)
-        target = _lowered(self, field, run_manager, kwargs)
+        target = _lowered(self, field, run_manager, kwargs, _reserve_deferred(self, run_manager))
         chunks = base._stream(target, messages, stop, run_manager, **kwargs)
         yield from with_raw_details(chunks) if raw else chunks
 
     async def _astream(
         self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        await _areserve_deferred(self, run_manager)
-        target = _lowered(self, field, run_manager, kwargs)
+        target = _lowered(self, field, run_manager, kwargs, await _areserve_deferred(self, run_manager))
         teed = araw_details(target) if raw else None
         if teed is None:
             async for chunk in base._astream(target, messages, stop, run_manager, **kwargs):

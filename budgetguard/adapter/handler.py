@@ -89,14 +89,6 @@ class _Core:
         # Knows nothing of the model, adds no metadata: defers to a handler of its guard on the model.
         self.generic = hint == ModelHint() and not extra_metadata
 
-    def _meta(self, metadata: Mapping[str, Any] | None) -> Mapping[str, Any]:
-        supplied = context_scopes.get()
-        if supplied:
-            metadata = {**(metadata or {}), **supplied}
-        if not self.extra_metadata:
-            return metadata or {}
-        return {**(metadata or {}), **self.extra_metadata}
-
     def _call(
         self, messages: Sequence[BaseMessage] | None, prompts: Sequence[str] | None, kwargs: dict[str, Any]
     ) -> CallStart | None:
@@ -106,7 +98,12 @@ class _Core:
         degrade threshold), so a chain-level handler of the same guard leaves
         the call to it rather than reserving a cruder estimate first.
         """
-        meta = self._meta(kwargs.get("metadata"))
+        # the run's metadata, under the context's scopes and this handler's extra metadata
+        meta = kwargs.get("metadata")
+        supplied = context_scopes.get()
+        if supplied:
+            meta = {**(meta or {}), **supplied}
+        meta = {**(meta or {}), **self.extra_metadata} if self.extra_metadata else meta or {}
         if self.generic and self.engine.tag in (meta.get(GUARDS_KEY) or ()):
             return None
         params = kwargs.get("invocation_params")
@@ -139,10 +136,6 @@ class _Core:
         """The call ended: a refusal still held for it is void (LangChain's cache answered it)."""
         if held.waiting:
             held.take(self.owner, run_id)
-
-    def _admitted(self, kwargs: dict[str, Any]) -> None:
-        if self.role is not None:  # (no fallback chain: nothing to note)
-            candidates.admitted(self.role, kwargs.get("parent_run_id"))
 
     def _observe(self, token: Any, kwargs: dict[str, Any]) -> None:
         # No I/O, so the async twin counts tokens with this too.
@@ -178,7 +171,8 @@ class SyncTwin(_Core):
                 return
             end_open_runs_sync(exc, kwargs)
             raise
-        self._admitted(kwargs)
+        if self.role is not None:  # in a fallback chain: noted as admitted
+            candidates.admitted(self.role, kwargs.get("parent_run_id"))
 
     def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         self._observe(token, kwargs)
@@ -221,7 +215,8 @@ class AsyncTwin(_Core):
             if ending is not None:
                 await ending
             raise
-        self._admitted(kwargs)
+        if self.role is not None:  # in a fallback chain: noted as admitted
+            candidates.admitted(self.role, kwargs.get("parent_run_id"))
 
     async def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         self._observe(token, kwargs)

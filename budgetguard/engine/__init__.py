@@ -104,14 +104,14 @@ class Engine:
             for stale in self._stale(call):
                 self._sync.run(self.flows.abandon(stale))
         begun = self.flows.start(call)
-        if begun is not None and not self.flows.defer(begun, call):
+        if begun is not None and not (call.deferred and self.flows.defer(begun, call)):
             self._sync.run(self.flows.reserve(begun))
 
     async def abegin(self, call: CallStart) -> None:
         for stale in self._stale(call):
             self._background(self.flows.abandon(stale))
         begun = self.flows.start(call)
-        if begun is None or self.flows.defer(begun, call):
+        if begun is None or (call.deferred and self.flows.defer(begun, call)):
             return
         await self._areserve(begun)
 

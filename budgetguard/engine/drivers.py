@@ -194,8 +194,10 @@ class SyncDriver:
         self._store = state.store  # the hot pair is called on it without a lambda between
 
     def run(self, flow: Flow[T]) -> T:
-        """Run ``flow`` to its end (``resume``'s loop, begun with ``send(None)``: one frame less a call)."""
-        do = self._do
+        """Run ``flow`` to its end (``resume``'s loop, begun with ``send(None)``: one frame less a call).
+
+        A reserve or a settle (every call's pair) goes to ``_stored`` without ``_do``'s frame."""
+        do, stored = self._do, self._stored
         outcome: Any = None
         step: Callable[[Any], Op] = flow.send
         while True:
@@ -204,7 +206,8 @@ class SyncDriver:
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
             try:
-                outcome = do(op)
+                kind = type(op)
+                outcome = stored(op, kind) if kind is Reserve or kind is Settle else do(op)
                 step = flow.send
             except BudgetStoreUnavailable as exc:
                 outcome = exc

@@ -25,9 +25,8 @@ from langchain_core.outputs import LLMResult
 
 from ..definitions import definitions_of
 from ..errors import BudgetStoreUnavailable, UnknownModelPrice
-from ..estimate import estimate_text_tokens, has_audio_input, max_output_tokens
+from ..estimate import estimate_text_tokens, has_audio_input
 from ..ledger import note_for
-from ..model_names import call_model_name, first_name
 from ..pricing import Rates, resolve_rates, unpriced_rates
 from ..records import CallRecord, Outcome, caller_metadata
 from ..reservation import Amount, CounterRef
@@ -45,6 +44,7 @@ from .pending import Pending, PendingRuns, current_task
 from .plans import CallStart, Plan, Planner
 from .prefixes import InputEstimator
 from .refusals import CallShape, refusal, show_refusal
+from .shapes import StartShapes
 from .unpriced import unpriced_served as _unpriced_served  # noqa: F401  (tests clear it)
 from .unpriced import warn_unpriced as _warn_unpriced
 from .user import UserCallbacks
@@ -90,6 +90,7 @@ class Flows(Contention):
         self.contention_wait = config.contention_wait
         self.on_record = config.on_record
         self.inputs = InputEstimator(config.token_counter)
+        self.shapes = StartShapes(self._call_rates, self.prices, self.default_max_output_tokens)
         self.fail_open = config.on_store_error == "open"
         self.spool_dir = spool_dir  # None: no spool, store faults reach the caller
         self.user_callbacks = UserCallbacks()
@@ -133,16 +134,14 @@ class Flows(Contention):
         if self.pending.has_event(run_id, event):
             return None
         params = call.invocation_params or {}
-        model = call_model_name(params, metadata, hint.model)
-        provider = first_name((metadata.get("ls_provider"), hint.provider))
         plan = self.planner.plan(metadata, hint.soft_ppm)
-        rates = self._call_rates(model or "", provider, plan)
+        shape, rates = self.shapes.of(params, metadata, hint, plan)  # model, provider, cap: found once
+        provider, out = shape.provider, shape.output_cap
         prefix = None
         if messages is not None:
-            inp, prefix = self.inputs.estimate(messages, params, model)
+            inp, prefix = self.inputs.estimate(messages, params, shape.model, shape.root)
         else:
             inp = 8 + sum(estimate_text_tokens(p) for p in call.prompts or ())
-        out = max_output_tokens(params, hint.profile_max, self.default_max_output_tokens)
         amount = _new(Amount, (rates.worst_nanos(inp, out), inp + out, 1))
         watch = self.watch
         # fmt: off
@@ -176,8 +175,9 @@ class Flows(Contention):
             raise exc
         p.spooled = result is None
         self.pending.reserved(run_id, p)
-        if self.watch is not None and self.watch.active():
-            self.watch.admitted(p)
+        watch = self.watch
+        if watch is not None and watch.active():
+            watch.admitted(p)
 
     def _fit(self, begun: Begun, refused: ReserveResult) -> Flow[ReserveResult | None]:
         """Reserve again with the output cap lowered to what the budget affords, if that is enough."""
@@ -229,7 +229,8 @@ class Flows(Contention):
     ) -> Flow[ReserveResult | None]:
         """Reserve; on a store fault, raise, or (fail open) spool the reserve and return ``None``."""
         try:
-            result = cast(ReserveResult, (yield ops.Reserve(req)))  # ops.reserve, one generator less
+            # ops.reserve, one generator less; typed by annotation, not by a call to cast()
+            result: ReserveResult = yield ops.Reserve(req)  # type: ignore[assignment]
         except BudgetStoreUnavailable as exc:
             if self.spool_dir is None:
                 raise

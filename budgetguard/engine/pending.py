@@ -117,9 +117,12 @@ class PendingRuns:
     def reserved(self, run_id: UUID, pending: Pending) -> None:
         """The call's reservation is held: its events may settle it, and so may its task's end."""
         task = pending.task
+        if task is None:  # no task to register with: one attribute set, no lock to take
+            pending.ready = True
+            return
         with self._lock:
             pending.ready = True
-            if task is None or not any(p is pending for p in self._runs.get(run_id, ())):
+            if not any(p is pending for p in self._runs.get(run_id, ())):
                 return
             calls = self._tasks.get(task)
             if calls is None:

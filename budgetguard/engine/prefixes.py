@@ -166,9 +166,15 @@ class InputEstimator:
         return len(self._known)
 
     def estimate(
-        self, messages: Sequence[BaseMessage], params: Mapping[str, Any], model: str | None
+        self,
+        messages: Sequence[BaseMessage],
+        params: Mapping[str, Any],
+        model: str | None,
+        root: bytes | None = None,
     ) -> tuple[int, bytes]:
-        """An upper bound on the prompt's input tokens, and its fingerprint (for ``learn``)."""
+        """An upper bound on the prompt's input tokens, and its fingerprint (for ``learn``).
+
+        ``root``: ``_root(params, model)``, if the caller has it already (``engine/shapes.py``)."""
         tools = params.get("tools") or params.get("functions")
         counter = self.counter
         bound = (  # bytes_counter, the default, called without its own frame
@@ -176,7 +182,7 @@ class InputEstimator:
             if counter is bytes_counter
             else counter(messages, tools, model)
         )
-        chain = [_root(params, model)]
+        chain = [root or _root(params, model)]
         for m in messages:
             chain.append(_link(chain[-1], m))
         with self._lock:

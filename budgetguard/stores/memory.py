@@ -93,6 +93,7 @@ class MemoryStore(Store):
         self._ledger: deque[_RecordFields] | None = deque(maxlen=ledger_cap) if ledger_cap else None
         self._defs: dict[LimitDef, float] = {}
         self._shapes: dict[int, _Shape] = {}  # by id: each holds its specs, so no id is reused
+        self._last_shape: _Shape | None = None  # the last reserve's: a static plan sends the same specs
         self._roots: dict[int, tuple[tuple[CounterRef, ...], str]] = {}
 
     def __repr__(self) -> str:
@@ -252,8 +253,12 @@ class MemoryStore(Store):
     def reserve(self, req: ReserveRequest) -> ReserveResult:
         with self._lock:
             now = self._clock()
-            self._sweep(now)
-            shape = self._shape(req.counters)
+            heap, gc = self._lease_heap, self._gc_heap
+            if (heap and heap[0][0] <= now) or (gc and gc[0][0] <= now):  # something is due: sweep
+                self._sweep(now)
+            shape = self._last_shape
+            if shape is None or shape.specs is not req.counters:
+                shape = self._last_shape = self._shape(req.counters)
             lease_id = req.lease_id
             ids = self._settled.get(shape.root)  # (a new id is in none of these: no call to _closed)
             if (
@@ -267,7 +272,7 @@ class MemoryStore(Store):
                 shape.window(now)
             keys, eas = shape.keys, shape.eas
             counters = self._counters
-            found = [counters.get(k) for k in keys]
+            found = list(map(counters.get, keys))  # (no comprehension frame)
             known = True  # (``None not in found`` would call CounterState.__eq__ on each)
             for st in found:
                 if st is None:
