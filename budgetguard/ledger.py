@@ -128,7 +128,7 @@ def note_for(
         tokens: tuple[tuple[str, int], ...] = (("input", counts[0]), ("output", counts[1]))
     else:
         tokens = tuple([(k, n) for k, n in zip(TOKEN_KINDS, counts, strict=True) if n])
-    written = tuple([(k, label) for k, label in scopes if k != label])
+    written = tuple([(k, label) for k, label in scopes if k != label]) if scopes else ()
     return tuple.__new__(
         LedgerNote, (model, provider, tokens, None if run_id is None else str(run_id), written)
     )
