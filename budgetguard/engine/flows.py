@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, cast
 from uuid import UUID
 
 from langchain_core.messages import BaseMessage
@@ -58,7 +58,6 @@ _PROBE = Amount(1, 1, 1)
 #: Errors that say nothing of the provider, only that the caller stopped waiting.
 _WALKED_AWAY = (GeneratorExit, asyncio.CancelledError)
 _NO_RATES = Rates("", None, 0, (), 0)
-T = TypeVar("T")
 _new = tuple.__new__  # a NamedTuple from its fields (all of them), without its Python-level __new__
 
 
@@ -76,12 +75,6 @@ def _written(refs: tuple[CounterRef, ...], labels: tuple[str, ...]) -> tuple[tup
         pairs = tuple([(r.scope, lb) for r, lb in zip(refs, labels, strict=False) if r.scope != lb])
         found = _WRITTEN[id(refs)] = (refs, labels, pairs)
     return found[2]
-
-
-def _done(value: T) -> Flow[T]:
-    """A flow with no step: ``value`` at once."""
-    return value
-    yield  # (what makes it a generator)
 
 
 class Begun(NamedTuple):
@@ -290,18 +283,13 @@ class Flows(Contention):
     # ------------------------------------------------------------ after a call
 
     def end(self, run_id: UUID, response: LLMResult, owner: object = None) -> Flow[CallRecord | None]:
-        """The call's settle, as a flow; what comes before it (no I/O) is done here, when called.
-
-        A plain function returning ``_settle``'s generator: no generator of its
-        own in between, resumed at each of the settle's steps.
-        """
         p = self.pending.pop(run_id, owner)
         if p is None:
-            return _done(None)
+            return None
         usage, served = usage_from_result(response)
         if p.deferred is not None:  # the model was never called (it reserves first): the cache answered
             p.amount = Amount()
-            return _done(self._emit(p, usage or TokenUsage(), 0, "cache_hit", p.rates.model))
+            return self._emit(p, usage or TokenUsage(), 0, "cache_hit", p.rates.model)
         if usage is None:
             usage = p.partial
         if usage is None:
@@ -319,7 +307,7 @@ class Flows(Contention):
                 estimated=True,
             )
         self.inputs.learn(p.prefix, usage, response)
-        return self._settle(p, usage, served)
+        return (yield from self._settle(p, usage, served))
 
     def fail(self, run_id: UUID, error: BaseException, owner: object = None) -> Flow[CallRecord | None]:
         p = self.pending.pop(run_id, owner)
