@@ -55,6 +55,8 @@ TOKEN_KINDS = (
     "reasoning",
 )
 
+_NO_DETAILS = (0, 0, 0, 0, 0, 0)  # cache_read ... reasoning, all zero
+
 
 class LedgerNote(NamedTuple):
     """What the guard knows of a settled call that the store does not: written into its record."""
@@ -123,12 +125,12 @@ def note_for(
 ) -> LedgerNote:
     """The note of one call: its model, provider, tokens by kind (zeros left out), run id, and
     its scopes as written where they differ from the store keys (``scopes``: key, label pairs)."""
-    counts = usage[:8]  # input_tokens ... reasoning: TokenUsage's fields in TOKEN_KINDS' order
-    if counts[0] and counts[1] and not any(counts[2:]):  # the common case: both totals, no details
-        tokens: tuple[tuple[str, int], ...] = (("input", counts[0]), ("output", counts[1]))
-    else:
-        tokens = tuple([(k, n) for k, n in zip(TOKEN_KINDS, counts, strict=True) if n])
-    written = tuple([(k, label) for k, label in scopes if k != label])
+    i, o = usage[0], usage[1]
+    if i and o and usage[2:8] == _NO_DETAILS:  # the common case: both totals, no details
+        tokens: tuple[tuple[str, int], ...] = (("input", i), ("output", o))
+    else:  # input_tokens ... reasoning: TokenUsage's fields in TOKEN_KINDS' order
+        tokens = tuple([(k, n) for k, n in zip(TOKEN_KINDS, usage[:8], strict=True) if n])
+    written = tuple([(k, label) for k, label in scopes if k != label]) if scopes else ()
     return tuple.__new__(
         LedgerNote, (model, provider, tokens, None if run_id is None else str(run_id), written)
     )

@@ -336,7 +336,8 @@ def usage_from_result(result: LLMResult) -> tuple[TokenUsage | None, str | None]
             model = model or served_model(message)
     out = result.llm_output
     if type(out) is dict and not out:  # what BaseChatModel leaves: nothing to read (read once, below)
-        total = _EMPTY_READING if total is None else with_details(total, _EMPTY_READING)
+        if _EMPTY_READING is not None:  # (else it stands: ``with_details(total, None)`` is ``total``)
+            total = _EMPTY_READING if total is None else with_details(total, _EMPTY_READING)
     elif isinstance(out, Mapping):
         if total is None:
             total = TokenUsage.from_response_metadata(out)

@@ -61,6 +61,22 @@ _NO_RATES = Rates("", None, 0, (), 0)
 _new = tuple.__new__  # a NamedTuple from its fields (all of them), without its Python-level __new__
 
 
+#: per plan, by the identity of its refs and labels: the (store key, label) pairs a note names
+_WRITTEN: dict[int, tuple[tuple[CounterRef, ...], tuple[str, ...], tuple[tuple[str, str], ...]]] = {}
+
+
+def _written(refs: tuple[CounterRef, ...], labels: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The scopes a settle's note names where key and label differ, found once per plan
+    (a static plan sends the same tuples each call; ``note_for`` would zip and filter them)."""
+    found = _WRITTEN.get(id(refs))
+    if found is None or found[0] is not refs or found[1] is not labels:
+        if len(_WRITTEN) >= 256:
+            _WRITTEN.clear()
+        pairs = tuple([(r.scope, lb) for r, lb in zip(refs, labels, strict=False) if r.scope != lb])
+        found = _WRITTEN[id(refs)] = (refs, labels, pairs)
+    return found[2]
+
+
 class Begun(NamedTuple):
     """A call planned and claimed, about to reserve."""
 
@@ -335,8 +351,7 @@ class Flows(Contention):
             except LookupError:
                 _warn_unpriced(served, rates.model)
         actual = Amount() if usage.cache_hit else _new(Amount, (rates.nanos(usage), usage.total_tokens, 1))
-        scopes = zip([r.scope for r in p.refs], p.labels, strict=False)
-        note = note_for(rates.model, p.provider, usage, p.run_id, scopes)
+        note = note_for(rates.model, p.provider, usage, p.run_id, _written(p.refs, p.labels))
         req = _new(SettleRequest, (p.lease_id, p.refs, actual, usage.estimated, not p.probe, note))
         began = time.time()
         outcome = yield from self._settle_or_spool(p, req)

@@ -203,16 +203,17 @@ class InputEstimator:
         """Remember a reported input for a prompt, and (input + reply) for the prompt plus its reply."""
         if key is None or usage.estimated or usage.cache_hit or usage.input_tokens <= 0:
             return
-        entries = [(key, usage.input_tokens)]
         reply = _reply(response)
-        if reply is not None:
-            entries.append((_link(key, reply), usage.input_tokens + reply_bound(usage.output_tokens)))
+        after = None if reply is None else _link(key, reply)  # (hashed before the lock is taken)
+        known = self._known
         with self._lock:
-            for k, v in entries:
-                self._known[k] = v
-                self._known.move_to_end(k)
-            while len(self._known) > self.capacity:
-                self._known.popitem(last=False)
+            known[key] = usage.input_tokens
+            known.move_to_end(key)
+            if after is not None:
+                known[after] = usage.input_tokens + reply_bound(usage.output_tokens)
+                known.move_to_end(after)
+            while len(known) > self.capacity:
+                known.popitem(last=False)
 
 
 def _reply(response: LLMResult) -> BaseMessage | None:
