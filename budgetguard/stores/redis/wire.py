@@ -82,10 +82,11 @@ def _getter(pool: Any) -> Callable[[Any], Any]:
     kind = type(pool)
     getter = _GETTERS.get(kind)
     if getter is None:
-        method = kind.get_connection
+        method: Callable[[Any], Any] = kind.get_connection
         inner = getattr(method, "__wrapped__", None)
-        direct = inner is not None and not _POOL_ARGS and getattr(method, "__code__", None) in _WRAPPERS
-        getter = _GETTERS[kind] = inner if direct else method
+        if inner is not None and not _POOL_ARGS and getattr(method, "__code__", None) in _WRAPPERS:
+            method = inner
+        getter = _GETTERS[kind] = method
     return getter
 
 
