@@ -12,6 +12,7 @@ cannot disagree on the order or the width.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, Literal
 
 from redis.crc import key_slot
@@ -31,6 +32,7 @@ __all__ = [
     "decode_text",
     "encode_cap",
     "expire_ms",
+    "key_base",
     "key_bases",
     "reserve_head",
     "reserve_tail",
@@ -57,6 +59,12 @@ def root_tag(scope: str) -> str:
     return root.replace("{", "%7B").replace("}", "%7D")
 
 
+@lru_cache(maxsize=4096)
+def key_base(prefix: str, scope: str) -> str:
+    """The key base of ``scope``, ``<prefix>{<root>}:`` (remembered: every call names the same few)."""
+    return f"{prefix}{{{root_tag(scope)}}}:"
+
+
 def key_bases(prefix: str, scopes: Sequence[str], cluster: bool) -> tuple[list[str], list[int]]:
     """The distinct bases of ``scopes`` (the script's KEYS) and each scope's 1-based index in them.
 
@@ -66,7 +74,7 @@ def key_bases(prefix: str, scopes: Sequence[str], cluster: bool) -> tuple[list[s
     bases: list[str] = []
     index: list[int] = []
     for scope in scopes:
-        base = f"{prefix}{{{root_tag(scope)}}}:"
+        base = key_base(prefix, scope)
         if base not in bases:
             bases.append(base)
         index.append(bases.index(base) + 1)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ...ledger import LedgerRecord
 from .calls import FAILURES
-from .codec import decode_record, decode_text, root_tag
+from .codec import decode_record, decode_text, key_base
 
 __all__ = ["PAGE", "LedgerRoots", "read_all", "read_stream"]
 
@@ -40,7 +40,7 @@ class LedgerRoots:
         """The roots of ``scopes`` whose listing must be (re)written now, with their scores."""
         out: dict[str, float] = {}
         for scope in scopes:
-            base = f"{self.prefix}{{{root_tag(scope)}}}:"
+            base = key_base(self.prefix, scope)
             if base not in out and now - self._listed.get(base, -math.inf) > _RELIST:
                 out[base] = math.inf if self.age is None else now + self.age + 2 * _RELIST
         if len(self._listed) > 10_000:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...reservation import CounterSpec
-from .codec import root_tag
+from .codec import key_base
 
 __all__ = ["SLACK", "Roots"]
 
@@ -37,7 +37,7 @@ class Roots:
         (claimed now; give them back with ``failed`` if the write fails)."""
         want: dict[str, float] = {}
         for spec in counters:
-            base = f"{self.prefix}{{{root_tag(spec.ref.scope)}}}:"
+            base = key_base(self.prefix, spec.ref.scope)
             ea = spec.ref.expire_after
             until = math.inf if ea is None else now + ea + SLACK
             want[base] = max(want.get(base, until), until)

@@ -65,7 +65,7 @@ def groups(prefix: str, scopes: Sequence[str]) -> list[Group] | None:
     """The scopes split by Cluster slot, in slot order; ``None`` when they share one slot."""
     by_slot: dict[int, list[int]] = {}
     for pos, scope in enumerate(scopes):
-        base = f"{prefix}{{{codec.root_tag(scope)}}}:"
+        base = codec.key_base(prefix, scope)
         by_slot.setdefault(key_slot(base.encode()), []).append(pos)
     if len(by_slot) < 2:
         return None
