@@ -55,7 +55,9 @@ TOKEN_KINDS = (
     "reasoning",
 )
 
-_NO_DETAILS = (0, 0, 0, 0, 0, 0)  # cache_read ... reasoning, all zero
+_NO_DETAILS = (0, 0, 0, 0, 0, 0)
+#: ``json.dumps(d, separators=(",", ":"))`` without making an encoder per note (one per Redis settle)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # cache_read ... reasoning, all zero
 
 
 class LedgerNote(NamedTuple):
@@ -84,7 +86,7 @@ class LedgerNote(NamedTuple):
         }
         if self.scopes:
             d["scopes"] = [list(p) for p in self.scopes]
-        return json.dumps(d, separators=(",", ":"))
+        return _COMPACT.encode(d)
 
     @classmethod
     def from_json(cls, text: str | bytes | None) -> LedgerNote:
