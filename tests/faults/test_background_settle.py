@@ -34,7 +34,8 @@ pytestmark = pytest.mark.redis
 def _no_otel_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests are about a process with no OpenTelemetry SDK. ``tests/observe`` sets one for the
     whole process (OpenTelemetry's providers can be set only once), and with one, settles stay
-    inline by design (the last test here checks that): so, whatever ran before, none is seen."""
+    inline by design (``test_records_come_from_the_settler_thread`` checks that): so, whatever ran
+    before, none is seen."""
     monkeypatch.setattr(Telemetry, "live", lambda self: False)
 
 
@@ -101,7 +102,12 @@ def test_a_read_right_after_a_call_sees_it_settled(fresh_redis: RedisServer, tmp
     assert totals(guard) == expected(records)
 
 
-def test_records_come_from_the_settler_thread(fresh_redis: RedisServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sdk", [False, True], ids=["no-otel-sdk", "otel-sdk"])
+def test_records_come_from_the_settler_thread(
+    fresh_redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sdk: bool
+) -> None:
+    """With an OpenTelemetry SDK, settles stay in the caller (their spans belong to its context)."""
+    monkeypatch.setattr(Telemetry, "live", lambda self: sdk)
     threads: list[str] = []
     guard = BudgetGuard(
         limits=LIMITS,
@@ -112,7 +118,7 @@ def test_records_come_from_the_settler_thread(fresh_redis: RedisServer, tmp_path
     )
     guard.wrap(fake()).invoke("hi")
     assert guard.flush(10)
-    assert threads == ["budgetguard-settler"]
+    assert threads == [threading.current_thread().name if sdk else "budgetguard-settler"]
 
 
 def test_a_stalled_background_settle_is_spooled_and_replayed_once(proxy: StallProxy, tmp_path: Path) -> None:
@@ -244,20 +250,3 @@ def test_a_forked_child_settles_with_a_thread_of_its_own(fresh_redis: RedisServe
     assert child.exitcode == 0
     assert out.get(timeout=5) == (2, 0)
     assert guard.flush(10) and totals(guard)["requests"] == (2, 0)
-
-
-def test_with_an_otel_sdk_settles_stay_in_the_caller(
-    fresh_redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Their spans and metrics belong to the caller's context, as the README says."""
-    monkeypatch.setattr(Telemetry, "live", lambda self: True)
-    threads: list[str] = []
-    guard = BudgetGuard(
-        limits=LIMITS,
-        store=fresh_redis.url,
-        spool_dir=tmp_path,
-        settle="background",
-        on_record=lambda rec: threads.append(threading.current_thread().name),
-    )
-    guard.wrap(fake()).invoke("hi")
-    assert threads == [threading.current_thread().name]
