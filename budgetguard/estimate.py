@@ -62,11 +62,7 @@ def estimate_input_tokens(messages: Sequence[BaseMessage], tools: Any = None) ->
     """Worst-case input tokens of one prompt, plus the tool definitions bound to it."""
     total = PER_CALL
     for m in messages:
-        content = m.content  # (plain text, the common case, without _content_tokens' frame)
-        if isinstance(content, str):
-            total += PER_MESSAGE + estimate_text_tokens(content)
-        else:
-            total += PER_MESSAGE + _content_tokens(content)
+        total += PER_MESSAGE + _content_tokens(m.content)
         calls = m.tool_calls if isinstance(m, AIMessage) else None
         if calls:
             total += estimate_text_tokens(json.dumps(calls, default=str))

@@ -358,10 +358,9 @@ def resolve_rates(
     if not isinstance(model, str) or not model:
         raise UnknownModelPrice(str(model), provider, reason="no model name was reported")
     model = bare_model_name(model)
-    if prices:
-        price = prices.get(model) or prices.get(model.lower())
-        if price is not None:
-            return _user_rates(model, price)
+    price = _user_price(prices, model)
+    if price is not None:
+        return _user_rates(model, price)
     entry = _bundled(model, provider)
     if entry is not None:
         return entry.rates()
@@ -378,10 +377,15 @@ def fixed_price(model: str, provider: str | None, prices: Mapping[str, Price] | 
     """Whether ``resolve_rates`` gives ``model`` the same rates at every date (a caller may keep them):
     a price of the user's, or bundled prices that do not change by date."""
     model = bare_model_name(model)
-    if prices and (prices.get(model) or prices.get(model.lower())) is not None:
+    if _user_price(prices, model) is not None:
         return True
     entry = _bundled(model, provider)
     return entry is None or entry.static is not None
+
+
+def _user_price(prices: Mapping[str, Price] | None, model: str) -> Price | None:
+    """The user's price for a bare model name, as written or in lower case."""
+    return (prices.get(model) or prices.get(model.lower())) if prices else None
 
 
 def unpriced_rates(model: str, provider: str | None) -> Rates:

@@ -168,8 +168,7 @@ def first_violation(
 
 
 def apply_reserve(st: CounterState, amount: Amount) -> None:
-    r = st.reserved  # (``st.reserved + amount``, without Amount.__add__'s frame: every reserve)
-    st.reserved = _new(Amount, (r[0] + amount[0], r[1] + amount[1], r[2] + amount[2]))
+    st.reserved = st.reserved + amount
 
 
 def apply_release(st: CounterState, amount: Amount) -> None:

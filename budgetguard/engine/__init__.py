@@ -104,16 +104,23 @@ class Engine:
             for stale in self._stale(call):
                 self._sync.run(self.flows.abandon(stale))
         begun = self.flows.start(call)
-        if begun is not None and not (call.deferred and self.flows.defer(begun, call)):
+        if begun is None:
+            return
+        if call.deferred:
+            self.flows.defer(begun)
+        else:
             self._sync.run(self.flows.reserve(begun))
 
     async def abegin(self, call: CallStart) -> None:
         for stale in self._stale(call):
             self._background(self.flows.abandon(stale))
         begun = self.flows.start(call)
-        if begun is None or (call.deferred and self.flows.defer(begun, call)):
+        if begun is None:
             return
-        await self._areserve(begun)
+        if call.deferred:
+            self.flows.defer(begun)
+        else:
+            await self._areserve(begun)
 
     async def _areserve(self, begun: Begun) -> None:
         """Reserve in the caller's task. Cancelled meanwhile, the model is never called: the

@@ -211,14 +211,11 @@ class Flows(Contention):
             self.pending.fit(p, cap)
         return result
 
-    def defer(self, begun: Begun, call: CallStart) -> bool:
-        """Leave a call LangChain's cache will answer unreserved (no I/O); False to reserve it now."""
-        if not call.deferred:
-            return False
+    def defer(self, begun: Begun) -> None:
+        """Leave a call LangChain's cache will answer (``CallStart.deferred``) unreserved (no I/O)."""
         self.any_deferred = True
         begun.pending.deferred = begun
         begun.pending.ready = True  # its end (the cache's answer) closes it, with nothing to settle
-        return True
 
     def undefer(self, run_id: UUID | None, owner: object) -> Begun | None:
         """The call left to the cache, if the model is called for it after all: to reserve now."""

@@ -145,11 +145,15 @@ class MemoryStore(Store):
 
     def _shape(self, specs: tuple[CounterSpec, ...]) -> _Shape:
         """The reserve's counters as filed here, by identity: a static plan sends one tuple each call."""
+        shape = self._last_shape  # a static plan, or a tenant calling again: no look-up
+        if shape is not None and shape.specs is specs:
+            return shape
         shape = self._shapes.get(id(specs))
         if shape is None or shape.specs is not specs:
             if len(self._shapes) >= 256:
                 self._shapes.clear()
             shape = self._shapes[id(specs)] = _Shape(specs)
+        self._last_shape = shape
         return shape
 
     def _root_of(self, refs: tuple[CounterRef, ...]) -> str:
@@ -253,12 +257,8 @@ class MemoryStore(Store):
     def reserve(self, req: ReserveRequest) -> ReserveResult:
         with self._lock:
             now = self._clock()
-            heap, gc = self._lease_heap, self._gc_heap
-            if (heap and heap[0][0] <= now) or (gc and gc[0][0] <= now):  # something is due: sweep
-                self._sweep(now)
-            shape = self._last_shape
-            if shape is None or shape.specs is not req.counters:
-                shape = self._last_shape = self._shape(req.counters)
+            self._sweep(now)
+            shape = self._shape(req.counters)
             lease_id = req.lease_id
             ids = self._settled.get(shape.root)  # (a new id is in none of these: no call to _closed)
             if (
