@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 from uuid import UUID
 
 from langchain_core.messages import BaseMessage
@@ -37,6 +37,8 @@ from .settler import Settler
 __all__ = ["CallStart", "Engine", "EngineConfig", "ModelHint", "Plan"]
 
 logger = logging.getLogger("budgetguard")
+
+T = TypeVar("T")
 
 
 def _cancels(task: asyncio.Task[Any] | None) -> int:
@@ -130,16 +132,22 @@ class Engine:
         (redis-py's asyncio client sends and connects through it) returns its inner result when
         that finished just as the cancel came, so the call would otherwise run to its end.
         """
+        await self._withdrawable(self.flows.reserve(begun), lambda: self.flows.withdraw(begun))
+
+    async def _withdrawable(self, reserve: Flow[T], withdraw: Callable[[], Flow[None]]) -> T:
+        """Run a reserving flow in the caller's task; cancelled meanwhile (or a cancel swallowed
+        below), ``withdraw``'s flow releases what may have landed, in the background."""
         task = asyncio.current_task()
         asked = _cancels(task)
         try:
-            await self._async.run(self.flows.reserve(begun))
+            out = await self._async.run(reserve)
         except asyncio.CancelledError:
-            self._background(self.flows.withdraw(begun))
+            self._background(withdraw())
             raise
         if _cancels(task) > asked:
-            self._background(self.flows.withdraw(begun))
+            self._background(withdraw())
             raise asyncio.CancelledError
+        return out
 
     def reserve_deferred(self, run_id: UUID | None, owner: object) -> None:
         """Reserve a call left to LangChain's cache, now that its model is called after all."""
@@ -262,12 +270,17 @@ class Engine:
         return self.flows.pipe_amount(message, model_hint)
 
     def probe(self, metadata: Mapping[str, Any], amount: Amount, model: str | None) -> tuple[str, Plan]:
-        return self._sync.run(self.flows.probe(metadata, amount, model))
+        req, plan = self.flows.probe_request(metadata, amount)
+        return self._sync.run(self.flows.probe(req, plan, metadata, model))
 
     async def aprobe(
         self, metadata: Mapping[str, Any], amount: Amount, model: str | None
     ) -> tuple[str, Plan]:
-        return await self._async.run(self.flows.probe(metadata, amount, model))
+        """``probe``; a probe cancelled while it reserves is released (its caller never sees its lease)."""
+        req, plan = self.flows.probe_request(metadata, amount)
+        flows = self.flows
+        probe = flows.probe(req, plan, metadata, model)
+        return await self._withdrawable(probe, lambda: flows.withdraw_probe(req, plan))
 
     def settle_stream(
         self, lease_id: str, plan: Plan, message: BaseMessage | None, model_hint: str | None, amount: Amount

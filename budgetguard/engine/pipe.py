@@ -105,10 +105,17 @@ class PipeFlows(Flows):
         out = self.default_max_output_tokens
         return Amount(self._rates(model_hint, None).worst_nanos(window, out), window + out, 1)
 
-    def probe(self, metadata: Mapping[str, Any], amount: Amount, model: str | None) -> Flow[tuple[str, Plan]]:
-        """Pipe form, stream mode: reserve ``amount`` before the model is pulled, or refuse."""
+    def probe_request(self, metadata: Mapping[str, Any], amount: Amount) -> tuple[ReserveRequest, Plan]:
+        """A probe's reserve, made before it is sent, so a cancelled probe knows what to release."""
         plan = self.planner.plan(metadata)
-        req = ReserveRequest(self._new_lease(), plan.specs, amount, self.lease_ttl)
+        return ReserveRequest(self._new_lease(), plan.specs, amount, self.lease_ttl), plan
+
+    def probe(
+        self, req: ReserveRequest, plan: Plan, metadata: Mapping[str, Any], model: str | None
+    ) -> Flow[tuple[str, Plan]]:
+        """Pipe form (stream mode) and tool costs: reserve ``req`` before the model (or tool) runs,
+        or refuse."""
+        amount = req.amount
         try:
             result = yield from ops.reserve(req)
         except BudgetStoreUnavailable:
@@ -127,16 +134,26 @@ class PipeFlows(Flows):
             raise exc
         return req.lease_id, plan
 
+    def withdraw_probe(self, req: ReserveRequest, plan: Plan) -> Flow[None]:
+        """A probe cancelled while it reserved: release it, whether or not it landed (the release's
+        tombstone stops a reserve that lands after it), so nothing is held or charged for it."""
+        return self._release_probe(req.lease_id, plan, req.amount)
+
+    def _release_probe(self, lease_id: str, plan: Plan, amount: Amount) -> Flow[None]:
+        spooled = lease_id in self._spooled_probes
+        self._spooled_probes.discard(lease_id)
+        yield from self._release(
+            Pending(lease_id, plan.refs, plan.labels, amount, _NO_RATES, None, 0, 0, spooled=spooled)
+        )
+
     def settle_stream(
         self, lease_id: str, plan: Plan, message: BaseMessage | None, model_hint: str | None, amount: Amount
     ) -> Flow[CallRecord | None]:
+        if message is None:  # the model failed before its first chunk: nothing was billed
+            yield from self._release_probe(lease_id, plan, amount)
+            return None
         spooled = lease_id in self._spooled_probes
         self._spooled_probes.discard(lease_id)
-        if message is None:  # the model failed before its first chunk: nothing was billed
-            yield from self._release(
-                Pending(lease_id, plan.refs, plan.labels, amount, _NO_RATES, None, 0, 0, spooled=spooled)
-            )
-            return None
         usage, served = _message_usage(message)
         rates = self._rates(served or model_hint or "", None)
         p = Pending(lease_id, plan.refs, plan.labels, amount, rates, None, 0, 0, spooled=spooled)

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any, TypedDict
 
 import pytest
+from langchain_core.runnables import RunnableSequence
 from redis_servers import RedisServer
 
 from budgetguard import BudgetGuard, CallRecord, Limit, MemoryStore, RedisStore, Store
@@ -66,7 +67,13 @@ async def test_timeouts_leave_nothing_pending_and_charge_the_conservative_rule(
     assert len(guard.engine.pending) == 0, f"{len(guard.engine.pending)} cancelled calls still in memory"
     now = held(guard)
     # A timeout that came while the call was still reserving (a Redis round trip) released it: the
-    # model was never called. Every other call was charged, and recorded, by the conservative rule.
+    # model was never called, and it is on the record as released, free. Every other call was
+    # charged, and recorded, by the conservative rule.
+    assert await guard.aflush(timeout=5)
+    assert len(records) == n, f"{len(records)} records for {n} calls"
+    released = [r for r in records if r.outcome == "released"]
+    assert all(r.cost_usd == 0 for r in released)
+    records = [r for r in records if r.outcome != "released"]
     charged = len(records)
     assert charged >= n // 2, f"only {charged} of {n} timeouts came after the reservation"
     assert now["requests"] == (charged, 0), f"(spent, reserved) requests: {now['requests']}"
@@ -132,6 +139,28 @@ async def test_a_cancel_during_the_reserve_releases_it(redis_server: RedisServer
     assert model.calls.count == 0
     assert held(guard)["requests"] == (0, 0), "a call that never reached the model was charged or held"
     assert len(guard.engine.pending) == 0
+
+
+@pytest.mark.parametrize("land_first", [True, False], ids=["reserve-landed", "reserve-not-sent"])
+async def test_a_cancel_during_a_pipe_probe_releases_it(redis_server: RedisServer, land_first: bool) -> None:
+    """A hand-built sequence's stream reserves its worst case before it pulls the model (``aprobe``,
+    which tool costs use too); cancelled meanwhile, its caller never sees the lease: released."""
+    store = SlowReserveRedisStore.from_url(redis_server.url, prefix=f"cancel-{uuid.uuid4().hex}:")
+    store.land_first = land_first
+    guard = BudgetGuard(limits=LIMITS, store=store, model="gpt-4o-mini")
+    model = slow_model()
+    chain = RunnableSequence(model, guard)
+
+    async def pull() -> list[Any]:
+        return [c async for c in chain.astream("q")]
+
+    for _ in range(3):
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(pull(), 0.1)
+    assert await guard.aflush(timeout=5)
+    assert model.calls.count == 0
+    assert held(guard)["requests"] == (0, 0), "a probe whose caller was cancelled was charged or held"
+    assert held(guard)["usd"] == (0, 0)
 
 
 class SwallowingRedisStore(RedisStore):
