@@ -43,6 +43,7 @@ _Gains = Sequence[Amount] | None  # what each counter gained (None: the cost, on
 #: A ledger record as kept: time, outcome, lease id, estimated, cost, the counters' keys, their gains
 #: and the note; made a LedgerRecord only when read
 _RecordFields = tuple[float, str, str, bool, Amount, Sequence[_Key], _Gains, LedgerNote | None]
+_ADMITTED = ReserveResult(True, (), None)  # (immutable: one for every admitted reserve that is not forced)
 
 
 class _Lease(NamedTuple):  # never changed: a tuple, made with _new
@@ -100,6 +101,7 @@ class MemoryStore(Store):
         self._lease_heap: list[tuple[float, str]] = []
         self._gc_heap: list[tuple[float, int, str, object]] = []
         self._gc_seq = 0
+        self._due = math.inf  # no heap entry comes due before this: till then a sweep has nothing to do
         self._alerts: dict[str, float] = {}  # claimed alert key -> when the claim lapses (inf: never)
         #: records as plain tuples (made LedgerRecords when read: no dataclass or Charge per call)
         self._ledger: deque[_RecordFields] | None = deque(maxlen=ledger_cap) if ledger_cap else None
@@ -107,6 +109,7 @@ class MemoryStore(Store):
         self._shapes: dict[int, _Shape] = {}  # by id: each holds its specs, so no id is reused
         self._last_shape: _Shape | None = None  # the last reserve's: a static plan sends the same specs
         self._roots: dict[int, tuple[tuple[CounterRef, ...], str]] = {}
+        self._last_root: tuple[tuple[CounterRef, ...], str] = ((), _root(()))  # the last settle's
 
     def __repr__(self) -> str:
         return f"MemoryStore(counters={len(self._counters)}, leases={len(self._leases)})"
@@ -151,6 +154,8 @@ class MemoryStore(Store):
         """A new live lease; the expiry heap drops closed leases' entries once they are half of it."""
         self._leases[lease_id] = lease
         heapq.heappush(self._lease_heap, (lease.expires_at, lease_id))
+        if lease.expires_at < self._due:
+            self._due = lease.expires_at
         if len(self._lease_heap) > 2 * len(self._leases) + 64:
             self._lease_heap = [(x.expires_at, lid) for lid, x in self._leases.items()]
             heapq.heapify(self._lease_heap)
@@ -170,11 +175,15 @@ class MemoryStore(Store):
 
     def _root_of(self, refs: tuple[CounterRef, ...]) -> str:
         """``_root(refs)``, by identity (a settle names the same refs tuple as its plan)."""
+        last = self._last_root  # a static plan, or a tenant settling again: no look-up
+        if last[0] is refs:
+            return last[1]
         found = self._roots.get(id(refs))
         if found is None or found[0] is not refs:
             if len(self._roots) >= 256:
                 self._roots.clear()
             found = self._roots[id(refs)] = (refs, _root(refs))
+        self._last_root = found
         return found[1]
 
     def _closed(self, root: str, lease_id: str, now: float) -> bool:
@@ -208,6 +217,8 @@ class MemoryStore(Store):
     def _later(self, when: float, kind: str, item: object) -> None:
         self._gc_seq += 1
         heapq.heappush(self._gc_heap, (when, self._gc_seq, kind, item))
+        if when < self._due:
+            self._due = when
 
     def _record(
         self,
@@ -253,6 +264,9 @@ class MemoryStore(Store):
         return out
 
     def _sweep(self, now: float) -> None:
+        """Expire the leases and forget the entries that are due."""
+        if now < self._due:
+            return
         heap = self._lease_heap
         while heap and heap[0][0] <= now:
             _, lease_id = heapq.heappop(heap)
@@ -277,13 +291,15 @@ class MemoryStore(Store):
                     del self._alerts[item]  # type: ignore[arg-type]
             else:
                 self._age_out(item, now)  # type: ignore[arg-type]
+        self._due = min(heap[0][0] if heap else math.inf, gc[0][0] if gc else math.inf)
 
     # ---------------------------------------------------------------- operations
 
     def reserve(self, req: ReserveRequest) -> ReserveResult:
         with self._lock:
             now = self._clock()
-            self._sweep(now)
+            if now >= self._due:  # (else nothing is due: no call)
+                self._sweep(now)
             shape = self._shape(req.counters)
             lease_id = req.lease_id
             ids = self._settled.get(shape.root)  # (a new id is in none of these: no call to _closed)
@@ -293,7 +309,7 @@ class MemoryStore(Store):
                 or (ids is not None and lease_id in ids and self._closed(shape.root, lease_id, now))
             ):
                 # a replayed reserve: the lease is live, expired or closed already; never reserve twice
-                return ReserveResult(True, (), None)
+                return _ADMITTED
             if not shape.lo <= now < shape.hi:
                 shape.window(now)
             keys, eas = shape.keys, shape.eas
@@ -323,15 +339,17 @@ class MemoryStore(Store):
                         st = states[i] = self._state(k, now, ea)
                     apply_reserve(st, amount)
             expires = now + req.ttl
-            self._track(req.lease_id, _new(_Lease, (keys, amount, expires, eas)))
+            self._track(lease_id, _new(_Lease, (keys, amount, expires, eas)))
+            if not req.force:  # (then violation is None: a violation refused above)
+                return _ADMITTED
             # Callers read states only to explain a refusal or a forced record.
-            snapshot = tuple(replace(s) for s in states) if req.force else ()
-            return _new(ReserveResult, (True, snapshot, violation))
+            return _new(ReserveResult, (True, tuple(replace(s) for s in states), violation))
 
     def settle(self, req: SettleRequest) -> SettleOutcome:
         with self._lock:
             now = self._clock()
-            self._sweep(now)
+            if now >= self._due:  # (else nothing is due: no call)
+                self._sweep(now)
             lease_id = req.lease_id
             root = self._root_of(req.counters)
             ids = self._settled.get(root)  # (a first settle is not among them: no call to _closed)
