@@ -43,7 +43,6 @@ _Gains = Sequence[Amount] | None  # what each counter gained (None: the cost, on
 #: A ledger record as kept: time, outcome, lease id, estimated, cost, the counters' keys, their gains
 #: and the note; made a LedgerRecord only when read
 _RecordFields = tuple[float, str, str, bool, Amount, Sequence[_Key], _Gains, LedgerNote | None]
-_ADMITTED = ReserveResult(True, (), None)  # (immutable: one for every admitted reserve that is not forced)
 
 
 class _Lease(NamedTuple):  # never changed: a tuple, made with _new
@@ -109,7 +108,6 @@ class MemoryStore(Store):
         self._shapes: dict[int, _Shape] = {}  # by id: each holds its specs, so no id is reused
         self._last_shape: _Shape | None = None  # the last reserve's: a static plan sends the same specs
         self._roots: dict[int, tuple[tuple[CounterRef, ...], str]] = {}
-        self._last_root: tuple[tuple[CounterRef, ...], str] = ((), _root(()))  # the last settle's
 
     def __repr__(self) -> str:
         return f"MemoryStore(counters={len(self._counters)}, leases={len(self._leases)})"
@@ -175,15 +173,11 @@ class MemoryStore(Store):
 
     def _root_of(self, refs: tuple[CounterRef, ...]) -> str:
         """``_root(refs)``, by identity (a settle names the same refs tuple as its plan)."""
-        last = self._last_root  # a static plan, or a tenant settling again: no look-up
-        if last[0] is refs:
-            return last[1]
         found = self._roots.get(id(refs))
         if found is None or found[0] is not refs:
             if len(self._roots) >= 256:
                 self._roots.clear()
             found = self._roots[id(refs)] = (refs, _root(refs))
-        self._last_root = found
         return found[1]
 
     def _closed(self, root: str, lease_id: str, now: float) -> bool:
@@ -309,7 +303,7 @@ class MemoryStore(Store):
                 or (ids is not None and lease_id in ids and self._closed(shape.root, lease_id, now))
             ):
                 # a replayed reserve: the lease is live, expired or closed already; never reserve twice
-                return _ADMITTED
+                return ReserveResult(True, (), None)
             if not shape.lo <= now < shape.hi:
                 shape.window(now)
             keys, eas = shape.keys, shape.eas
@@ -339,11 +333,10 @@ class MemoryStore(Store):
                         st = states[i] = self._state(k, now, ea)
                     apply_reserve(st, amount)
             expires = now + req.ttl
-            self._track(lease_id, _new(_Lease, (keys, amount, expires, eas)))
-            if not req.force:  # (then violation is None: a violation refused above)
-                return _ADMITTED
+            self._track(req.lease_id, _new(_Lease, (keys, amount, expires, eas)))
             # Callers read states only to explain a refusal or a forced record.
-            return _new(ReserveResult, (True, tuple(replace(s) for s in states), violation))
+            snapshot = tuple(replace(s) for s in states) if req.force else ()
+            return _new(ReserveResult, (True, snapshot, violation))
 
     def settle(self, req: SettleRequest) -> SettleOutcome:
         with self._lock:
