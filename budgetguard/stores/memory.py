@@ -100,7 +100,6 @@ class MemoryStore(Store):
         self._lease_heap: list[tuple[float, str]] = []
         self._gc_heap: list[tuple[float, int, str, object]] = []
         self._gc_seq = 0
-        self._due = math.inf  # no heap entry comes due before this: till then a sweep has nothing to do
         self._alerts: dict[str, float] = {}  # claimed alert key -> when the claim lapses (inf: never)
         #: records as plain tuples (made LedgerRecords when read: no dataclass or Charge per call)
         self._ledger: deque[_RecordFields] | None = deque(maxlen=ledger_cap) if ledger_cap else None
@@ -152,8 +151,6 @@ class MemoryStore(Store):
         """A new live lease; the expiry heap drops closed leases' entries once they are half of it."""
         self._leases[lease_id] = lease
         heapq.heappush(self._lease_heap, (lease.expires_at, lease_id))
-        if lease.expires_at < self._due:
-            self._due = lease.expires_at
         if len(self._lease_heap) > 2 * len(self._leases) + 64:
             self._lease_heap = [(x.expires_at, lid) for lid, x in self._leases.items()]
             heapq.heapify(self._lease_heap)
@@ -211,8 +208,6 @@ class MemoryStore(Store):
     def _later(self, when: float, kind: str, item: object) -> None:
         self._gc_seq += 1
         heapq.heappush(self._gc_heap, (when, self._gc_seq, kind, item))
-        if when < self._due:
-            self._due = when
 
     def _record(
         self,
@@ -258,9 +253,6 @@ class MemoryStore(Store):
         return out
 
     def _sweep(self, now: float) -> None:
-        """Expire the leases and forget the entries that are due."""
-        if now < self._due:
-            return
         heap = self._lease_heap
         while heap and heap[0][0] <= now:
             _, lease_id = heapq.heappop(heap)
@@ -285,15 +277,13 @@ class MemoryStore(Store):
                     del self._alerts[item]  # type: ignore[arg-type]
             else:
                 self._age_out(item, now)  # type: ignore[arg-type]
-        self._due = min(heap[0][0] if heap else math.inf, gc[0][0] if gc else math.inf)
 
     # ---------------------------------------------------------------- operations
 
     def reserve(self, req: ReserveRequest) -> ReserveResult:
         with self._lock:
             now = self._clock()
-            if now >= self._due:  # (else nothing is due: no call)
-                self._sweep(now)
+            self._sweep(now)
             shape = self._shape(req.counters)
             lease_id = req.lease_id
             ids = self._settled.get(shape.root)  # (a new id is in none of these: no call to _closed)
@@ -341,8 +331,7 @@ class MemoryStore(Store):
     def settle(self, req: SettleRequest) -> SettleOutcome:
         with self._lock:
             now = self._clock()
-            if now >= self._due:  # (else nothing is due: no call)
-                self._sweep(now)
+            self._sweep(now)
             lease_id = req.lease_id
             root = self._root_of(req.counters)
             ids = self._settled.get(root)  # (a first settle is not among them: no call to _closed)
