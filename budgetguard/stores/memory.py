@@ -39,7 +39,10 @@ from .memory_keys import lease_root as _root
 __all__ = ["MemoryConnector", "MemoryStore"]
 
 _new = tuple.__new__  # a NamedTuple from all its fields, without its Python-level __new__
-_RecordFields = tuple[int, str, str, bool, Amount, tuple[Charge, ...], LedgerNote | None]
+_Gains = Sequence[Amount] | None  # what each counter gained (None: the cost, once per time it is named)
+#: A ledger record as kept: time, outcome, lease id, estimated, cost, the counters' keys, their gains
+#: and the note; made a LedgerRecord only when read
+_RecordFields = tuple[float, str, str, bool, Amount, Sequence[_Key], _Gains, LedgerNote | None]
 
 
 class _Lease(NamedTuple):  # never changed: a tuple, made with _new
@@ -47,6 +50,15 @@ class _Lease(NamedTuple):  # never changed: a tuple, made with _new
     amount: Amount
     expires_at: float
     expire_after: tuple[float | None, ...]  # each counter's, as its CounterRef says
+
+
+def _as_record(fields: _RecordFields) -> LedgerRecord:
+    """A kept record as read: its charges made (``MemoryStore._log`` keeps only keys and amounts)."""
+    now, outcome, lease_id, estimated, c, keys, gains, note = fields
+    if gains is None:  # each counter gained the cost, once per time the change named it
+        gains = [c if n == 1 else Amount(c[0] * n, c[1] * n, c[2] * n) for n in map(keys.count, keys)]
+    charges = tuple(_new(Charge, (k[0], k[1], k[2], g)) for k, g in zip(keys, gains, strict=True))
+    return LedgerRecord(int(now * 1_000_000), outcome, lease_id, estimated, c, charges, note or LedgerNote())
 
 
 class MemoryStore(Store):
@@ -89,7 +101,7 @@ class MemoryStore(Store):
         self._gc_heap: list[tuple[float, int, str, object]] = []
         self._gc_seq = 0
         self._alerts: dict[str, float] = {}  # claimed alert key -> when the claim lapses (inf: never)
-        #: LedgerRecord's fields as a plain tuple (made a record when read: no frozen dataclass per call)
+        #: records as plain tuples (made LedgerRecords when read: no dataclass or Charge per call)
         self._ledger: deque[_RecordFields] | None = deque(maxlen=ledger_cap) if ledger_cap else None
         self._defs: dict[LimitDef, float] = {}
         self._shapes: dict[int, _Shape] = {}  # by id: each holds its specs, so no id is reused
@@ -208,15 +220,30 @@ class MemoryStore(Store):
         estimated: bool = False,
         note: LedgerNote | None = None,
     ) -> None:
-        """Append a ledger record: what this change added to each counter's spent."""
+        """Append a ledger record: what this change added to each counter's spent (since ``befores``)."""
         if self._ledger is None:
             return
-        charges = []
+        gains = []
         for key, before in zip(keys, befores, strict=True):
             st = self._counters.get(key)
-            after = st.spent if st is not None else Amount()
-            charges.append(_new(Charge, (key[0], key[1], key[2], after - before)))
-        self._ledger.append((int(now * 1_000_000), outcome, lease_id, estimated, cost, tuple(charges), note))
+            gains.append((st.spent if st is not None else Amount()) - before)
+        self._log(outcome, lease_id, keys, now, cost, estimated, note, gains)
+
+    def _log(
+        self,
+        outcome: str,
+        lease_id: str,
+        keys: Sequence[_Key],
+        now: float,
+        cost: Amount,
+        estimated: bool = False,
+        note: LedgerNote | None = None,
+        gains: Sequence[Amount] | None = None,
+    ) -> None:
+        """Append a ledger record; without ``gains``, each counter named gained exactly ``cost``
+        (a live settle, an unreserved one, an expiry: each adds it to spent, with no floor)."""
+        if self._ledger is not None:
+            self._ledger.append((now, outcome, lease_id, estimated, cost, keys, gains, note))
 
     def _spent(self, keys: Sequence[_Key]) -> list[Amount]:
         out = []
@@ -233,10 +260,9 @@ class MemoryStore(Store):
             if lease is None or lease.expires_at > now:
                 continue
             del self._leases[lease_id]
-            befores = self._spent(lease.keys)
             for key, ea in zip(lease.keys, lease.expire_after, strict=True):
                 apply_expire(self._state(key, now, ea), lease.amount)  # even after a reset
-            self._record("expired", lease_id, lease.keys, befores, now, lease.amount, True)
+            self._log("expired", lease_id, lease.keys, now, lease.amount, True)
             self._expired[lease_id] = (lease, now)
             self._later(now + self._tombstone_ttl, "expired", lease_id)
         gc = self._gc_heap
@@ -306,34 +332,44 @@ class MemoryStore(Store):
         with self._lock:
             now = self._clock()
             self._sweep(now)
+            lease_id = req.lease_id
             root = self._root_of(req.counters)
             ids = self._settled.get(root)  # (a first settle is not among them: no call to _closed)
-            if ids is not None and req.lease_id in ids and self._closed(root, req.lease_id, now):
+            if ids is not None and lease_id in ids and self._closed(root, lease_id, now):
                 return "replay"
             outcome: SettleOutcome
-            lease = self._leases.pop(req.lease_id, None)
-            expired = self._expired.pop(req.lease_id, None) if lease is None else None
-            if lease is not None or expired is not None:
-                old = lease or expired[0]  # type: ignore[index]
-                reserved, charged = (old.amount, None) if lease is not None else (None, old.amount)
-                keys, befores = old.keys, self._spent(old.keys)
-                counters = self._counters
-                for key, ea in zip(old.keys, old.expire_after, strict=True):
+            lease = self._leases.pop(lease_id, None)
+            if lease is None:
+                outcome = self._settle_unleased(req, now)
+            else:
+                actual, amount, counters = req.actual, lease.amount, self._counters
+                for key, ea in zip(lease.keys, lease.expire_after, strict=True):
                     st = counters.get(key) if ea is None else None
                     if st is None:
                         st = self._state(key, now, ea)
-                    apply_settle(st, reserved, charged, req.actual, req.estimated, req.count_overshoot)
-                outcome = "settled" if lease is not None else "late"
-            else:
-                keys = tuple([self._key(ref, now) for ref in req.counters])
-                befores = self._spent(keys)
-                for ref, key in zip(req.counters, keys, strict=True):
-                    st = self._state(key, now, ref.expire_after)
-                    apply_settle(st, None, None, req.actual, req.estimated)
-                outcome = "unreserved"
-            self._record(outcome, req.lease_id, keys, befores, now, req.actual, req.estimated, req.note)
-            self._close(root, req.lease_id, now)
+                    apply_settle(st, amount, None, actual, req.estimated, req.count_overshoot)
+                self._log("settled", lease_id, lease.keys, now, actual, req.estimated, req.note)
+                outcome = "settled"
+            self._close(root, lease_id, now)
             return outcome
+
+    def _settle_unleased(self, req: SettleRequest, now: float) -> SettleOutcome:
+        """A settle with no live lease: it expired (``late``: the actual replaces the estimate
+        it was charged) or this store never saw it (``unreserved``: charged in full)."""
+        expired = self._expired.pop(req.lease_id, None)
+        if expired is not None:
+            old = expired[0]
+            befores = self._spent(old.keys)
+            for key, ea in zip(old.keys, old.expire_after, strict=True):
+                st = self._state(key, now, ea)
+                apply_settle(st, None, old.amount, req.actual, req.estimated, req.count_overshoot)
+            self._record("late", req.lease_id, old.keys, befores, now, req.actual, req.estimated, req.note)
+            return "late"
+        keys = tuple([self._key(ref, now) for ref in req.counters])
+        for ref, key in zip(req.counters, keys, strict=True):
+            apply_settle(self._state(key, now, ref.expire_after), None, None, req.actual, req.estimated)
+        self._log("unreserved", req.lease_id, keys, now, req.actual, req.estimated, req.note)
+        return "unreserved"
 
     def release(self, lease_id: str, counters: tuple[CounterRef, ...] = ()) -> bool:
         with self._lock:
@@ -409,8 +445,8 @@ class MemoryStore(Store):
 
     def ledger_records(self, since: float | None = None, until: float | None = None) -> list[LedgerRecord]:
         with self._lock:
-            records = [LedgerRecord(*fields[:6], fields[6] or LedgerNote()) for fields in self._ledger or ()]
-        return list(charges_between(records, since, until))
+            kept = list(self._ledger or ())  # (immutable tuples: made records outside the lock)
+        return list(charges_between(map(_as_record, kept), since, until))
 
     def scopes(self) -> list[tuple[str, str]]:
         with self._lock:
