@@ -93,7 +93,7 @@ async def _amodel_call(model: BaseChatModel, run_manager: Any) -> int | None:
 
 
 def _lowered(model: BaseChatModel, field: str | None, kwargs: dict[str, Any], cap: int | None) -> Any:
-    """The model to call (a copy with its cap lowered to ``cap``), ``kwargs`` lowered in place; or the model."""
+    """The model to call (a copy with its cap lowered to ``cap``), ``kwargs`` lowered in place; or it."""
     if cap is None or field is None:
         return model
     for key in CAP_KEYS:
