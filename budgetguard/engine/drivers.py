@@ -201,21 +201,19 @@ class SyncDriver:
         """Run ``flow`` to its end (``resume``'s loop, begun with ``send(None)``: one frame less a call).
 
         A reserve or a settle (every call's pair) goes to ``_stored`` without ``_do``'s frame."""
-        do, stored = self._do, self._stored
         outcome: Any = None
-        step: Callable[[Any], Op] = flow.send
+        thrown: BudgetStoreUnavailable | None = None  # thrown into the flow instead of an outcome sent
         while True:
-            try:
-                op = step(outcome)
+            try:  # (methods called, not bound first: no bound method made per flow)
+                op = flow.send(outcome) if thrown is None else flow.throw(thrown)
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
+            thrown = None
             try:
                 kind = type(op)
-                outcome = stored(op, kind) if kind is Reserve or kind is Settle else do(op)
-                step = flow.send
+                outcome = self._stored(op, kind) if kind is Reserve or kind is Settle else self._do(op)
             except BudgetStoreUnavailable as exc:
-                outcome = exc
-                step = flow.throw
+                thrown = exc
 
     def resume(self, flow: Flow[T], op: Op) -> T:
         """Carry out ``op``, which ``flow`` has just yielded, and run the flow on to its end."""
