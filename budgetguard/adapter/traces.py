@@ -170,12 +170,9 @@ def end_open_runs_sync(exc: BaseException, kwargs: dict[str, Any]) -> None:
         task.add_done_callback(_ending.discard)
 
 
-def _listened(run_manager: Any) -> bool:
-    """Whether a handler of the run hears custom events (a loop: no comprehension's frame, no list)."""
-    for h in getattr(run_manager, "handlers", None) or ():
-        if not getattr(h, "ignore_custom_event", False):
-            return True
-    return False
+def _listeners(run_manager: Any) -> list[Any]:
+    handlers = getattr(run_manager, "handlers", None) or ()
+    return [h for h in handlers if not getattr(h, "ignore_custom_event", False)]
 
 
 def decision_events(pending: Any, refusal: BudgetExceeded | None) -> list[dict[str, Any]]:
@@ -230,14 +227,14 @@ def _event_kwargs(run_manager: Any) -> dict[str, Any]:
 
 def announce(model: Any, run_manager: Any, refusal: BudgetExceeded | None = None) -> None:
     """Send the guard's decisions on this call to the run's handlers, if any listens."""
-    if run_manager is None or not _listened(run_manager):
+    if run_manager is None or not _listeners(run_manager):
         return
     for data in _payloads(model, run_manager, refusal):
         handle_event(*_event_args(run_manager, data), **_event_kwargs(run_manager))
 
 
 async def aannounce(model: Any, run_manager: Any, refusal: BudgetExceeded | None = None) -> None:
-    if run_manager is None or not _listened(run_manager):
+    if run_manager is None or not _listeners(run_manager):
         return
     for data in _payloads(model, run_manager, refusal):
         await ahandle_event(*_event_args(run_manager, data), **_event_kwargs(run_manager))

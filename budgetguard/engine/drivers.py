@@ -201,19 +201,21 @@ class SyncDriver:
         """Run ``flow`` to its end (``resume``'s loop, begun with ``send(None)``: one frame less a call).
 
         A reserve or a settle (every call's pair) goes to ``_stored`` without ``_do``'s frame."""
+        do, stored = self._do, self._stored
         outcome: Any = None
-        thrown: BudgetStoreUnavailable | None = None  # thrown into the flow instead of an outcome sent
+        step: Callable[[Any], Op] = flow.send
         while True:
-            try:  # (methods called, not bound first: no bound method made per flow)
-                op = flow.send(outcome) if thrown is None else flow.throw(thrown)
+            try:
+                op = step(outcome)
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
-            thrown = None
             try:
                 kind = type(op)
-                outcome = self._stored(op, kind) if kind is Reserve or kind is Settle else self._do(op)
+                outcome = stored(op, kind) if kind is Reserve or kind is Settle else do(op)
+                step = flow.send
             except BudgetStoreUnavailable as exc:
-                thrown = exc
+                outcome = exc
+                step = flow.throw
 
     def resume(self, flow: Flow[T], op: Op) -> T:
         """Carry out ``op``, which ``flow`` has just yielded, and run the flow on to its end."""
