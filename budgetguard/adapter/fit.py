@@ -46,28 +46,16 @@ def cap_field(cls: type[Any]) -> str | None:
     return next((k for k in CAP_KEYS if k in fields), None)
 
 
-def _fitted_cap(handlers: list[Any], run_manager: Any) -> int | None:
-    """The lowest cap the model's handlers fitted this call to (a loop: no comprehension frame)."""
-    run_id = getattr(run_manager, "run_id", None)  # None in a stream: the call begun in this context
-    cap = None
-    for h in handlers:
-        ask = getattr(h, "fitted_cap", None)
-        c = ask(run_id) if callable(ask) else None
-        if c is not None and (cap is None or c < cap):
-            cap = c
-    return cap
-
-
 def _handlers(model: BaseChatModel) -> list[Any]:
     cbs = model.callbacks
     return list(cbs if isinstance(cbs, list) else getattr(cbs, "handlers", ()))
 
 
-def _reserve_deferred(model: BaseChatModel, run_manager: Any) -> list[Any]:
+def _model_call(model: BaseChatModel, run_manager: Any) -> int | None:
     """A refusal held for this call is raised here (``adapter/traces.py``), inside the model call.
 
     A call left unreserved for the cache that turned out to miss is reserved now, or raises.
-    Returns the model's handlers, for ``_lowered``.
+    Returns the lowest output cap the model's handlers fitted this call to (one pass over them).
     """
     if run_manager is None:  # a stream's hook: its stream()'s run manager, a few frames up
         run_manager = run_manager_of(run_manager)
@@ -76,15 +64,17 @@ def _reserve_deferred(model: BaseChatModel, run_manager: Any) -> list[Any]:
         announce(model, run_manager, refused)
         raise refused
     run_id = getattr(run_manager, "run_id", None)  # None in a stream: the call begun in this context
-    handlers = _handlers(model)
-    for h in handlers:
-        if callable(getattr(h, "reserve_deferred", None)):
-            h.reserve_deferred(run_id)
+    cap = None
+    for h in _handlers(model):
+        begins = getattr(h, "model_call", None)
+        c = begins(run_id) if callable(begins) else None
+        if c is not None and (cap is None or c < cap):
+            cap = c
     announce(model, run_manager)
-    return handlers
+    return cap
 
 
-async def _areserve_deferred(model: BaseChatModel, run_manager: Any) -> list[Any]:
+async def _amodel_call(model: BaseChatModel, run_manager: Any) -> int | None:
     if run_manager is None:  # a stream's hook: its stream()'s run manager, a few frames up
         run_manager = run_manager_of(run_manager)
     refused = take_refusal(model, run_manager) if held.waiting else None  # (none held: no call)
@@ -92,21 +82,18 @@ async def _areserve_deferred(model: BaseChatModel, run_manager: Any) -> list[Any
         await aannounce(model, run_manager, refused)
         raise refused
     run_id = getattr(run_manager, "run_id", None)
-    handlers = _handlers(model)
-    for h in handlers:
-        if callable(getattr(h, "areserve_deferred", None)):
-            await h.areserve_deferred(run_id)
+    cap = None
+    for h in _handlers(model):
+        begins = getattr(h, "amodel_call", None)
+        c = await begins(run_id) if callable(begins) else None
+        if c is not None and (cap is None or c < cap):
+            cap = c
     await aannounce(model, run_manager)
-    return handlers
+    return cap
 
 
-def _lowered(
-    model: BaseChatModel, field: str | None, run_manager: Any, kwargs: dict[str, Any], handlers: list[Any]
-) -> Any:
-    """The model to call (a copy with its cap lowered), ``kwargs`` lowered in place; or the model.
-
-    ``handlers``: the model's, as ``_reserve_deferred`` found them just before."""
-    cap = None if field is None else _fitted_cap(handlers, run_manager)
+def _lowered(model: BaseChatModel, field: str | None, kwargs: dict[str, Any], cap: int | None) -> Any:
+    """The model to call (a copy with its cap lowered to ``cap``), ``kwargs`` lowered in place; or it."""
     if cap is None or field is None:
         return model
     for key in CAP_KEYS:
@@ -116,6 +103,13 @@ def _lowered(
     if field == "num_predict" and isinstance(options, Mapping):  # ChatOllama: options replace the fields
         kwargs["options"] = {**options, "num_predict": cap}
     return model.model_copy(update={field: cap})
+
+
+def _may_hit(model: BaseChatModel) -> bool:
+    """Whether a cache is set for ``model`` at all: none (the common case) is told without
+    ``_hits``' work (``_cache_key``'s llm string, the prompts' serialization)."""
+    cache = model.cache
+    return cache is not False and (cache is not None or get_llm_cache() is not None)
 
 
 def _cache_key(model: BaseChatModel, stop: Any, kwargs: dict[str, Any]) -> tuple[BaseCache, str] | None:
@@ -161,7 +155,7 @@ def _generate_hooks(base: type[BaseChatModel]) -> dict[str, Any]:
     """``generate``/``agenerate`` that tell the start event a cache will answer (nothing to reserve)."""
 
     def generate(self: Any, messages: Any, stop: Any = None, callbacks: Any = None, **kwargs: Any) -> Any:
-        hit = _hits(self, messages, stop, kwargs)
+        hit = _may_hit(self) and _hits(self, messages, stop, kwargs)
         if not hit and not cache_will_answer.get():  # the common case: it says False already
             return base.generate(self, messages, stop, callbacks, **kwargs)
         token = cache_will_answer.set(hit)
@@ -173,7 +167,7 @@ def _generate_hooks(base: type[BaseChatModel]) -> dict[str, Any]:
     async def agenerate(
         self: Any, messages: Any, stop: Any = None, callbacks: Any = None, **kwargs: Any
     ) -> Any:
-        hit = await _ahits(self, messages, stop, kwargs)
+        hit = _may_hit(self) and await _ahits(self, messages, stop, kwargs)
         if not hit and not cache_will_answer.get():
             return await base.agenerate(self, messages, stop, callbacks, **kwargs)
         token = cache_will_answer.set(hit)
@@ -189,26 +183,26 @@ def _hooks(base: type[BaseChatModel], field: str | None) -> dict[str, Any]:
     raw = bool(raw_usage_hooks(base))  # its stream drops usage details: kept (adapter/rawusage.py)
 
     def _generate(self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
-        target = _lowered(self, field, run_manager, kwargs, _reserve_deferred(self, run_manager))
+        target = _lowered(self, field, kwargs, _model_call(self, run_manager))
         return base._generate(target, messages, stop, run_manager, **kwargs)
 
     async def _agenerate(
         self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
     ) -> Any:
-        target = _lowered(self, field, run_manager, kwargs, await _areserve_deferred(self, run_manager))
+        target = _lowered(self, field, kwargs, await _amodel_call(self, run_manager))
         return await base._agenerate(target, messages, stop, run_manager, **kwargs)
 
     def _stream(
         self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
     ) -> Iterator[Any]:
-        target = _lowered(self, field, run_manager, kwargs, _reserve_deferred(self, run_manager))
+        target = _lowered(self, field, kwargs, _model_call(self, run_manager))
         chunks = base._stream(target, messages, stop, run_manager, **kwargs)
         yield from with_raw_details(chunks) if raw else chunks
 
     async def _astream(
         self: Any, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        target = _lowered(self, field, run_manager, kwargs, await _areserve_deferred(self, run_manager))
+        target = _lowered(self, field, kwargs, await _amodel_call(self, run_manager))
         teed = araw_details(target) if raw else None
         if teed is None:
             async for chunk in base._astream(target, messages, stop, run_manager, **kwargs):

@@ -291,11 +291,6 @@ class BudgetGuardCallback(BaseCallbackHandler):
                 if name not in routed:
                     setattr(self, name, getattr(sync_twin, name))
 
-    def fitted_cap(self, run_id: UUID | None) -> int | None:
-        """The output cap this handler's call ``run_id`` was fitted to (``adapter/fit.py`` sends it)."""
-        twin = self.sync_twin
-        return twin.engine.pending.fitted(run_id, twin.owner) if isinstance(twin, SyncTwin) else None
-
     def take_refusal(self, run_id: UUID | None) -> BudgetExceeded | None:
         """The refusal held for this handler's call ``run_id``, for the model to raise."""
         twin = self.sync_twin
@@ -309,16 +304,25 @@ class BudgetGuardCallback(BaseCallbackHandler):
         pending = None if refusal is not None else twin.engine.pending.here(run_id, twin.owner)
         return decision_events(pending, refusal)
 
-    def reserve_deferred(self, run_id: UUID | None) -> None:
-        """Reserve this handler's call left to the cache, which missed after all (or raise)."""
+    def model_call(self, run_id: UUID | None) -> int | None:
+        """As the model is called (``adapter/fit.py``): this handler's call left to the cache, which
+        missed after all, is reserved now (or raises); the output cap its call was fitted to."""
         twin = self.sync_twin
-        if isinstance(twin, SyncTwin) and twin.engine.flows.any_deferred:  # else none to reserve
-            twin.engine.reserve_deferred(run_id, twin.owner)
+        if not isinstance(twin, SyncTwin):
+            return None
+        engine, owner = twin.engine, twin.owner
+        if engine.flows.any_deferred:  # else none to reserve
+            engine.reserve_deferred(run_id, owner)
+        return engine.pending.fitted(run_id, owner)
 
-    async def areserve_deferred(self, run_id: UUID | None) -> None:
+    async def amodel_call(self, run_id: UUID | None) -> int | None:
         twin = self.sync_twin
-        if isinstance(twin, SyncTwin) and twin.engine.flows.any_deferred:
-            await twin.engine.areserve_deferred(run_id, twin.owner)
+        if not isinstance(twin, SyncTwin):
+            return None
+        engine, owner = twin.engine, twin.owner
+        if engine.flows.any_deferred:
+            await engine.areserve_deferred(run_id, owner)
+        return engine.pending.fitted(run_id, owner)
 
 
 def guard_callback(

@@ -48,13 +48,15 @@ class Breaker:
     again, never once per call: every call of a busy app would otherwise log it.
     """
 
-    __slots__ = ("_down_until", "_outage", "cooldown", "label")
+    __slots__ = ("_down_until", "_outage", "cooldown", "label", "tripped")
 
     def __init__(self, label: str, cooldown: float) -> None:
         self.label = label
         self.cooldown = cooldown
         self._down_until = 0.0  # monotonic
         self._outage = False  # failed since it last answered
+        #: tripped since it was last reset: ``admit`` and ``answered`` have work to do (one look per call)
+        self.tripped = False
 
     def is_open(self) -> bool:
         return bool(self._down_until) and time.monotonic() < self._down_until
@@ -82,6 +84,7 @@ class Breaker:
             self.reset()
 
     def trip(self, error: BaseException | None = None) -> None:
+        self.tripped = True
         self._down_until = time.monotonic() + self.cooldown
         if not self._outage:
             self._outage = True
@@ -92,6 +95,7 @@ class Breaker:
             )
 
     def reset(self) -> None:
+        self.tripped = False
         self._down_until = 0.0
         if self._outage:
             self._outage = False
@@ -250,7 +254,8 @@ class SyncDriver:
         if not state.started:
             state.start()
         breaker, name, store = state.breaker, op.operation, self._store  # type: ignore[union-attr]
-        breaker.admit(name)
+        if breaker.tripped:  # (``admit``, without its frame while the store answers)
+            breaker.admit(name)
         out: Any
         try:
             if kind is Reserve:
@@ -261,7 +266,8 @@ class SyncDriver:
                 out = self._calls[kind](op)
         except BudgetStoreUnavailable as exc:
             raise breaker.failed(exc, name) from None
-        breaker.answered()
+        if breaker.tripped:  # (``answered``, likewise)
+            breaker.reset()
         if state.spool is not None:
             state.replay()
         return out

@@ -7,7 +7,7 @@ guard with neither telemetry nor alerts does no work for them at all.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..alerts import AlertCallback, Alerts
 from ..errors import BudgetExceeded, BudgetStoreUnavailable, DegradeRequired
@@ -19,6 +19,14 @@ from .ops import Flow
 from .pending import Pending
 
 __all__ = ["Watch", "make_watch"]
+
+
+def _yes() -> bool:
+    return True
+
+
+def _no() -> bool:
+    return False
 
 
 def make_watch(alerts: Sequence[float], on_alert: AlertCallback | None) -> Watch | None:
@@ -33,15 +41,16 @@ def make_watch(alerts: Sequence[float], on_alert: AlertCallback | None) -> Watch
 class Watch:
     """Telemetry (if ``opentelemetry-api`` is installed) and alerts (if ``alerts=`` is set)."""
 
-    __slots__ = ("alerts", "telemetry")
+    __slots__ = ("active", "alerts", "telemetry")
 
     def __init__(self, telemetry: Telemetry | None, alerts: Alerts | None) -> None:
         self.telemetry = telemetry
         self.alerts = alerts
-
-    def active(self) -> bool:
-        """Whether a call has anything to tell: alerts are set, or the app configured an OTel SDK."""
-        return self.alerts is not None or (self.telemetry is not None and self.telemetry.live())
+        #: Whether a call has anything to tell: alerts are set, or the app configured an OTel SDK
+        #: (asked up to three times a call: the answer's own function, no frame of the watch's between).
+        self.active: Callable[[], bool] = (
+            _yes if alerts is not None else _no if telemetry is None else telemetry.live
+        )
 
     def refused(self, p: Pending, exc: BudgetExceeded) -> None:
         t = self.telemetry
