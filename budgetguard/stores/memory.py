@@ -14,11 +14,10 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import NamedTuple
 
 from ..definitions import LimitDef
 from ..errors import ConfigError
-from ..ledger import DEFAULT_MAXLEN, Charge, LedgerNote, LedgerRecord, charges_between
+from ..ledger import DEFAULT_MAXLEN, LedgerNote, LedgerRecord, charges_between
 from ..reservation import (
     Amount,
     CounterRef,
@@ -33,32 +32,16 @@ from ..reservation import (
 from ..windows import window_end, window_start
 from .base import Connector, ReserveRequest, ReserveResult, SettleOutcome, SettleRequest, Store
 from .memory_keys import Key as _Key
+from .memory_keys import Lease as _Lease
 from .memory_keys import Shape as _Shape
 from .memory_keys import lease_root as _root
+from .memory_ledger import Gains as _Gains
+from .memory_ledger import Kept as _RecordFields
+from .memory_ledger import as_record as _as_record
 
 __all__ = ["MemoryConnector", "MemoryStore"]
 
 _new = tuple.__new__  # a NamedTuple from all its fields, without its Python-level __new__
-_Gains = Sequence[Amount] | None  # what each counter gained (None: the cost, once per time it is named)
-#: A ledger record as kept: time, outcome, lease id, estimated, cost, the counters' keys, their gains
-#: and the note; made a LedgerRecord only when read
-_RecordFields = tuple[float, str, str, bool, Amount, Sequence[_Key], _Gains, LedgerNote | None]
-
-
-class _Lease(NamedTuple):  # never changed: a tuple, made with _new
-    keys: tuple[_Key, ...]
-    amount: Amount
-    expires_at: float
-    expire_after: tuple[float | None, ...]  # each counter's, as its CounterRef says
-
-
-def _as_record(fields: _RecordFields) -> LedgerRecord:
-    """A kept record as read: its charges made (``MemoryStore._log`` keeps only keys and amounts)."""
-    now, outcome, lease_id, estimated, c, keys, gains, note = fields
-    if gains is None:  # each counter gained the cost, once per time the change named it
-        gains = [c if n == 1 else Amount(c[0] * n, c[1] * n, c[2] * n) for n in map(keys.count, keys)]
-    charges = tuple(_new(Charge, (k[0], k[1], k[2], g)) for k, g in zip(keys, gains, strict=True))
-    return LedgerRecord(int(now * 1_000_000), outcome, lease_id, estimated, c, charges, note or LedgerNote())
 
 
 class MemoryStore(Store):
@@ -221,13 +204,9 @@ class MemoryStore(Store):
         note: LedgerNote | None = None,
     ) -> None:
         """Append a ledger record: what this change added to each counter's spent (since ``befores``)."""
-        if self._ledger is None:
-            return
-        gains = []
-        for key, before in zip(keys, befores, strict=True):
-            st = self._counters.get(key)
-            gains.append((st.spent if st is not None else Amount()) - before)
-        self._log(outcome, lease_id, keys, now, cost, estimated, note, gains)
+        if self._ledger is not None:
+            gains = [after - before for after, before in zip(self._spent(keys), befores, strict=True)]
+            self._log(outcome, lease_id, keys, now, cost, estimated, note, gains)
 
     def _log(
         self,
@@ -238,7 +217,7 @@ class MemoryStore(Store):
         cost: Amount,
         estimated: bool = False,
         note: LedgerNote | None = None,
-        gains: Sequence[Amount] | None = None,
+        gains: _Gains = None,
     ) -> None:
         """Append a ledger record; without ``gains``, each counter named gained exactly ``cost``
         (a live settle, an unreserved one, an expiry: each adds it to spent, with no floor)."""

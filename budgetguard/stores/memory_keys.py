@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
-from ..reservation import CounterRef, CounterSpec
+from ..reservation import Amount, CounterRef, CounterSpec
 from ..windows import window_end, window_start
 
-__all__ = ["Key", "Shape", "lease_root"]
+__all__ = ["Key", "Lease", "Shape", "lease_root"]
 
 Key = tuple[str, str, int]  # scope, per, window start
+
+
+class Lease(NamedTuple):
+    """A live reservation as filed: never changed (a tuple), made without its Python-level ``__new__``."""
+
+    keys: tuple[Key, ...]
+    amount: Amount
+    expires_at: float
+    expire_after: tuple[float | None, ...]  # each counter's, as its CounterRef says
 
 
 def lease_root(refs: Sequence[CounterRef]) -> str:
