@@ -18,9 +18,10 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any, NamedTuple
 
 from ..engine import Engine, Plan
-from ..engine.flows import _NO_RATES, Flows
+from ..engine.flows import _NO_RATES
 from ..engine.ops import Flow
 from ..engine.pending import Pending
+from ..engine.pipe import PipeFlows
 from ..records import CallRecord
 from ..reservation import Amount
 from ..stores.base import SettleRequest
@@ -80,10 +81,9 @@ async def asettle(engine: Engine, lease: ToolLease) -> CallRecord | None:
     return await engine._async.run(_settle(engine.flows, lease))
 
 
-def _settle(flows: Flows, lease: ToolLease) -> Flow[CallRecord | None]:
+def _settle(flows: PipeFlows, lease: ToolLease) -> Flow[CallRecord | None]:
     """Charge the reserved price exactly (in the spool, after its reserve, if that was spooled)."""
-    spooled = lease.lease_id in flows._spooled_probes
-    flows._spooled_probes.discard(lease.lease_id)
+    spooled = flows.took_spooled(lease.lease_id)
     plan = lease.plan
     p = Pending(lease.lease_id, plan.refs, plan.labels, lease.amount, _NO_RATES, None, 0, 0, spooled=spooled)
     p.metadata, p.started = lease.metadata, lease.started

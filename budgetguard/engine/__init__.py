@@ -280,7 +280,7 @@ class Engine:
         req, plan = self.flows.probe_request(metadata, amount)
         flows = self.flows
         probe = flows.probe(req, plan, metadata, model)
-        return await self._withdrawable(probe, lambda: flows.withdraw_probe(req, plan))
+        return await self._withdrawable(probe, lambda: flows.release_probe(req.lease_id, plan, req.amount))
 
     def settle_stream(
         self, lease_id: str, plan: Plan, message: BaseMessage | None, model_hint: str | None, amount: Amount

@@ -134,14 +134,18 @@ class PipeFlows(Flows):
             raise exc
         return req.lease_id, plan
 
-    def withdraw_probe(self, req: ReserveRequest, plan: Plan) -> Flow[None]:
-        """A probe cancelled while it reserved: release it, whether or not it landed (the release's
-        tombstone stops a reserve that lands after it), so nothing is held or charged for it."""
-        return self._release_probe(req.lease_id, plan, req.amount)
-
-    def _release_probe(self, lease_id: str, plan: Plan, amount: Amount) -> Flow[None]:
+    def took_spooled(self, lease_id: str) -> bool:
+        """Whether the probe ``lease_id`` was spooled (its close then follows it into the spool),
+        forgotten as it is closed."""
         spooled = lease_id in self._spooled_probes
         self._spooled_probes.discard(lease_id)
+        return spooled
+
+    def release_probe(self, lease_id: str, plan: Plan, amount: Amount) -> Flow[None]:
+        """Release a probe whose call never ran: its model failed before any output, or it was
+        cancelled while it reserved (released whether or not it landed: the release's tombstone
+        stops a reserve that lands after it), so nothing is held or charged for it."""
+        spooled = self.took_spooled(lease_id)
         yield from self._release(
             Pending(lease_id, plan.refs, plan.labels, amount, _NO_RATES, None, 0, 0, spooled=spooled)
         )
@@ -150,10 +154,9 @@ class PipeFlows(Flows):
         self, lease_id: str, plan: Plan, message: BaseMessage | None, model_hint: str | None, amount: Amount
     ) -> Flow[CallRecord | None]:
         if message is None:  # the model failed before its first chunk: nothing was billed
-            yield from self._release_probe(lease_id, plan, amount)
+            yield from self.release_probe(lease_id, plan, amount)
             return None
-        spooled = lease_id in self._spooled_probes
-        self._spooled_probes.discard(lease_id)
+        spooled = self.took_spooled(lease_id)
         usage, served = _message_usage(message)
         rates = self._rates(served or model_hint or "", None)
         p = Pending(lease_id, plan.refs, plan.labels, amount, rates, None, 0, 0, spooled=spooled)
