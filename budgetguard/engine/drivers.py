@@ -48,14 +48,13 @@ class Breaker:
     again, never once per call: every call of a busy app would otherwise log it.
     """
 
-    __slots__ = ("_down_until", "_outage", "cooldown", "label", "tripped")
+    __slots__ = ("_down_until", "cooldown", "label", "tripped")
 
     def __init__(self, label: str, cooldown: float) -> None:
         self.label = label
         self.cooldown = cooldown
         self._down_until = 0.0  # monotonic
-        self._outage = False  # failed since it last answered
-        #: tripped since it was last reset: ``admit`` and ``answered`` have work to do (one look per call)
+        #: failed since it last answered: ``admit`` and ``answered`` have work to do (one look per call)
         self.tripped = False
 
     def is_open(self) -> bool:
@@ -80,14 +79,13 @@ class Breaker:
 
     def answered(self) -> None:
         """After an operation the store answered: close the breaker if it was open."""
-        if self._down_until or self._outage:
+        if self.tripped:  # (a down time is set only while tripped)
             self.reset()
 
     def trip(self, error: BaseException | None = None) -> None:
-        self.tripped = True
         self._down_until = time.monotonic() + self.cooldown
-        if not self._outage:
-            self._outage = True
+        if not self.tripped:
+            self.tripped = True
             logger.warning(
                 "budgetguard: store %s unavailable: %s (logged once, until it answers again)",
                 self.label,
@@ -95,10 +93,9 @@ class Breaker:
             )
 
     def reset(self) -> None:
-        self.tripped = False
         self._down_until = 0.0
-        if self._outage:
-            self._outage = False
+        if self.tripped:
+            self.tripped = False
             logger.warning("budgetguard: store %s answers again", self.label)
 
 
@@ -267,7 +264,7 @@ class SyncDriver:
         except BudgetStoreUnavailable as exc:
             raise breaker.failed(exc, name) from None
         if breaker.tripped:  # (``answered``, likewise)
-            breaker.reset()
+            breaker.answered()
         if state.spool is not None:
             state.replay()
         return out
