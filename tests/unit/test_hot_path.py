@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from budgetguard.engine import prefixes
 from budgetguard.plain_usage import DETAILED, PLAIN, detailed_counts, plain_totals
-from budgetguard.pricing import Price, Rates, _ceil_nanos, _Unit, resolve_rates
+from budgetguard.pricing import Price, Rates, resolve_rates
+from budgetguard.rates import _ceil_nanos, _Unit
 from budgetguard.reservation import (
     QUANTITIES,
     Amount,
